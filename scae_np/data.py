@@ -538,6 +538,10 @@ def load_dataset(name, data_dir=None, download=True) -> Dataset:
     """
     spec = _spec(name)
     d = resolve_data_dir(name, data_dir)
+    if data_dir is not None:
+        given = pathlib.Path(data_dir).expanduser()
+        if d not in (given, given / name):
+            print(f"scae-np: no {name} files in {given}; using {d}", file=sys.stderr, flush=True)
     _ensure_files(spec, d, download, data_dir)
     loader = _load_idx if spec.kind == "idx" else _load_cifar
     x_tr, y_tr, x_te, y_te, classes = loader(spec, d)

@@ -147,12 +147,15 @@ def test_lookup_order_data_dir_then_env_then_cache_then_debian(monkeypatch, tmp_
     np.testing.assert_array_equal(first_label_pixels(), expected("debian-fashion"))
 
 
-def test_empty_data_dir_falls_through_to_the_next_place(monkeypatch, tmp_path):
+def test_empty_data_dir_falls_through_to_the_next_place(monkeypatch, tmp_path, capsys):
     files = write_idx_set(tmp_path / "envroot" / "mnist", seed=3)
     accept(monkeypatch, "mnist", files)
     (tmp_path / "empty").mkdir()
     monkeypatch.setenv(D.ENV_VAR, str(tmp_path / "envroot"))
     assert resolve_data_dir("mnist", tmp_path / "empty") == tmp_path / "envroot" / "mnist"
+    load_dataset("mnist", tmp_path / "empty", download=False)
+    assert f"no mnist files in {tmp_path / 'empty'}; using {tmp_path / 'envroot' / 'mnist'}" \
+        in capsys.readouterr().err
 
 
 def test_missing_data_dir_or_env_folder_is_an_error(monkeypatch, tmp_path):
@@ -509,6 +512,19 @@ def test_split_errors():
 
 
 # ------------------------------------------------------------------------------ the real MNIST
+
+REAL_DEBIAN_FASHION = D.DEBIAN_FASHION_DIR      # before the autouse fixture hides it
+
+
+@pytest.mark.skipif(not (REAL_DEBIAN_FASHION / IDX[0]).is_file(),
+                    reason="Fashion-MNIST not installed (apt-get install -y dataset-fashion-mnist)")
+def test_real_debian_fashion_mnist():
+    ds = load_dataset("fashion-mnist", REAL_DEBIAN_FASHION, download=False)
+    assert ds.train_x.shape == (60000, 1, 28, 28) and ds.test_x.shape == (10000, 1, 28, 28)
+    assert np.bincount(ds.train_y).tolist() == [6000] * 10
+    assert np.bincount(ds.test_y).tolist() == [1000] * 10
+    assert ds.train_y[:4].tolist() == [9, 0, 0, 3]
+
 
 REAL_MNIST_MD5 = {"train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
                   "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
