@@ -31,7 +31,6 @@ Tests never download: the network is reached only through the module attribute `
 """
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import hashlib
 import io
@@ -336,8 +335,8 @@ def _bad(spec, path, what):
 
 
 def _read_checked(spec, path):
-    """Read ``path``; md5-check it; returns the raw bytes (md5 mismatch raises after a parse
-    attempt in the caller so that truncated/corrupt files get the more precise message)."""
+    """The bytes of ``path`` and whether their md5 is an accepted one. The caller parses before it
+    reports a wrong md5, so that a truncated or corrupt file gets the more precise message."""
     try:
         raw = path.read_bytes()
     except OSError as e:
@@ -429,7 +428,7 @@ def _cifar_batch(spec, path, raw):
 
 
 def _cifar_sources(spec, d):
-    """(folder holding the batch files, or None) and the archive path."""
+    """The folder that holds all the batch files (``d`` or ``d/cifar-10-batches-py``), or None."""
     for sub in (d, d / CIFAR_DIR):
         if all((sub / f).is_file() for f in spec.file_names):
             return sub

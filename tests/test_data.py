@@ -128,23 +128,23 @@ def test_lookup_order_data_dir_then_env_then_cache_then_debian(monkeypatch, tmp_
     accept(monkeypatch, "fashion-mnist", *sets.values())
     monkeypatch.setenv(D.ENV_VAR, str(tmp_path / "env"))
 
-    def first_label_pixels(**kw):
+    def first_pixels(**kw):
         return load_dataset("fashion-mnist", download=False, **kw).train_x[0, 0, 0, :4] * 255
 
     def expected(k):
         return sets[k][IDX[0]][0][0, 0, :4]
 
     assert resolve_data_dir("fashion-mnist", tmp_path / "arg") == tmp_path / "arg"
-    np.testing.assert_array_equal(first_label_pixels(data_dir=tmp_path / "arg"), expected("arg"))
+    np.testing.assert_array_equal(first_pixels(data_dir=tmp_path / "arg"), expected("arg"))
     assert resolve_data_dir("fashion-mnist") == tmp_path / "env"
-    np.testing.assert_array_equal(first_label_pixels(), expected("env"))
+    np.testing.assert_array_equal(first_pixels(), expected("env"))
     monkeypatch.delenv(D.ENV_VAR)
     assert resolve_data_dir("fashion-mnist") == tmp_path / "cache/scae-np/fashion-mnist"
-    np.testing.assert_array_equal(first_label_pixels(), expected("cache/scae-np/fashion-mnist"))
+    np.testing.assert_array_equal(first_pixels(), expected("cache/scae-np/fashion-mnist"))
     for f in IDX:
         (tmp_path / "cache/scae-np/fashion-mnist" / f).unlink()
     assert resolve_data_dir("fashion-mnist") == tmp_path / "debian-fashion"
-    np.testing.assert_array_equal(first_label_pixels(), expected("debian-fashion"))
+    np.testing.assert_array_equal(first_pixels(), expected("debian-fashion"))
 
 
 def test_empty_data_dir_falls_through_to_the_next_place(monkeypatch, tmp_path, capsys):
