@@ -190,13 +190,24 @@ inline void set_thread(unsigned t, const dim3& b) {
     threadIdx.z = t / (b.x * b.y);
 }
 
-// Switch from the running fiber back to the scheduler (used by __syncthreads and at exit).
+// Park the running fiber t (at a barrier, or after it finished the block) and switch straight
+// to the next thread of the block that has not finished; after the last one, back to the
+// scheduler, which starts the next round (one jump per thread per barrier, not two).
 inline void yield_to_scheduler(Worker* w, unsigned t) {
     if (!_setjmp(w->fib[t].jb)) {
+        unsigned u = t + 1;
+        while (u < w->nthreads && w->fib[u].done) ++u;
+        if (u < w->nthreads) {
+            w->cur = u;
+            set_thread(u, w->L->block);
+            EMU_ASAN_START(&w->fib[t].fake, w->stacks + size_t(u) * kStackBytes, kStackBytes);
+            _longjmp(w->fib[u].jb, 1);
+        }
         EMU_ASAN_START(&w->fib[t].fake, w->main_bottom, w->main_size);
         _longjmp(w->sched, 1);
     }
-    EMU_ASAN_FINISH(w->fib[t].fake, &w->main_bottom, &w->main_size);
+    EMU_ASAN_FINISH(w->fib[t].fake, w->main_bottom ? nullptr : &w->main_bottom,
+                    w->main_bottom ? nullptr : &w->main_size);
 }
 
 inline void fiber_entry() {
@@ -217,6 +228,7 @@ inline void make_fibers(Worker* w, unsigned n) {
     void* p = mmap(nullptr, w->stacks_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) { std::perror("cuda_emu: mmap of fiber stacks"); std::abort(); }
     w->stacks = static_cast<char*>(p);
+    for (unsigned t = 0; t < n; ++t) { w->fib[t].done = true; w->fib[t].fake = nullptr; }
     for (unsigned t = 0; t < n; ++t) {
         ucontext_t uc;
         getcontext(&uc);
@@ -225,8 +237,6 @@ inline void make_fibers(Worker* w, unsigned n) {
         uc.uc_link = nullptr;
         makecontext(&uc, fiber_entry, 0);
         w->starting = t;
-        w->fib[t].done = true;
-        w->fib[t].fake = nullptr;
         if (!_setjmp(w->sched)) {             // run the fiber until it parks, then come back
             EMU_ASAN_START(&w->sched_fake, uc.uc_stack.ss_sp, kStackBytes);
             setcontext(&uc);
@@ -242,23 +252,22 @@ inline void free_fibers(Worker* w) {
 }
 
 // Run all threads of the current block as fibers, round robin, until every one has finished.
+// Each round resumes the first unfinished thread; the threads hand over to each other in
+// order (yield_to_scheduler) and the last one returns here.
 inline void run_block_fibers(Worker* w) {
     const unsigned n = w->nthreads;
     for (unsigned t = 0; t < n; ++t) w->fib[t].done = false;
     for (;;) {
-        volatile bool any = false;
-        for (volatile unsigned t = 0; t < n; t = t + 1) {
-            if (w->fib[t].done) continue;
-            any = true;
-            w->cur = t;
-            set_thread(t, w->L->block);
-            if (!_setjmp(w->sched)) {
-                EMU_ASAN_START(&w->sched_fake, w->stacks + size_t(t) * kStackBytes, kStackBytes);
-                _longjmp(w->fib[t].jb, 1);
-            }
-            EMU_ASAN_FINISH(w->sched_fake, nullptr, nullptr);
+        unsigned t = 0;
+        while (t < n && w->fib[t].done) ++t;
+        if (t == n) break;
+        w->cur = t;
+        set_thread(t, w->L->block);
+        if (!_setjmp(w->sched)) {
+            EMU_ASAN_START(&w->sched_fake, w->stacks + size_t(t) * kStackBytes, kStackBytes);
+            _longjmp(w->fib[t].jb, 1);
         }
-        if (!any) break;
+        EMU_ASAN_FINISH(w->sched_fake, nullptr, nullptr);
     }
 }
 

@@ -118,6 +118,8 @@ def _blank_comments(src):
 
 
 _KERNEL = re.compile(r"__global__\s+void\s+(?:__launch_bounds__\s*\([^)]*\)\s*)?(\w+)\s*\(")
+_FUNCTION = re.compile(r"\b(\w+)\s*\([^;{}()]*(?:\([^;{}()]*\)[^;{}()]*)*\)\s*(?:const\s*)?\{")
+_NOT_FUNCTIONS = {"if", "for", "while", "switch", "catch", "return", "sizeof", "do"}
 _EXTERN_SHARED = re.compile(
     r"extern\s+__shared__\s+(?:__align__\s*\(\s*\d+\s*\)\s*)?([\w:]+(?:\s*\*)?)\s+"
     r"(?:__align__\s*\(\s*\d+\s*\)\s*)?(\w+)\s*\[\s*\]\s*;")
@@ -155,10 +157,22 @@ def analyse(src):
     pieces.append(src[last:])
     out = "".join(pieces)
     clean = _blank_comments(out)
+    # Functions that reach __syncthreads(), directly or through helpers they call: their
+    # kernels need fibers; the others take the fast path (a plain loop over threads).
+    bodies = {}
+    for m in _FUNCTION.finditer(clean):
+        if m.group(1) not in _NOT_FUNCTIONS:
+            bodies[m.group(1)] = _body(clean, m.end() - 1)
+    syncing = {"__syncthreads"}
+    while True:
+        more = {f for f, body in bodies.items() if f not in syncing
+                and any(re.search(rf"\b{re.escape(g)}\s*\(", body) for g in syncing)}
+        if not more:
+            break
+        syncing |= more
     kernels = []
     for m in _KERNEL.finditer(clean):
-        body = _body(clean, m.end())
-        kernels.append((m.group(1), "__syncthreads" in body))
+        kernels.append((m.group(1), m.group(1) in syncing))
     return out, kernels
 
 
