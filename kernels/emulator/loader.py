@@ -296,8 +296,9 @@ class EmuKernel:
                       int(self.fibers))
         del keep
         if rc != 0:
-            msg = ctypes.cast(self._module._lib.__emu_last_error,
-                              ctypes.CFUNCTYPE(ctypes.c_char_p))().decode()
+            last_error = getattr(self._module._lib, "__emu_last_error")  # (no name mangling)
+            last_error.restype = ctypes.c_char_p
+            msg = last_error().decode()
             raise EmulatorError(f"launch of {self.name} failed: {msg}")
 
 
