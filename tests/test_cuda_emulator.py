@@ -273,6 +273,46 @@ def test_asan_mode_without_libasan_says_how_to_run():
         EmuModule(path=ASAN_PROBE, asan=True)
 
 
+ASAN_ALL = """
+import numpy as np
+from kernels import get_backend
+from kernels.cupy_backend import VERSIONS
+be = get_backend("cupy", emulate=True, asan=True)
+rng = np.random.default_rng(1)
+for (n, c, h, w_, f, kh, kw) in [(2, 3, 19, 21, 5, 3, 4), (1, 67, 6, 5, 3, 2, 2),
+                                 (1, 4, 4, 4, 3, 4, 4), (3, 2, 17, 18, 70, 3, 3)]:
+    x = rng.standard_normal((n, c, h, w_)).astype(np.float32)
+    w = rng.standard_normal((f, c, kh, kw)).astype(np.float32)
+    b = rng.standard_normal(f).astype(np.float32)
+    dy = rng.standard_normal((n, f, h - kh + 1, w_ - kw + 1)).astype(np.float32)
+    for op, args in [("conv2d_forward", (x, w, b)), ("conv2d_backward_input", (dy, w)),
+                     ("conv2d_backward_weight", (x, dy)), ("conv2d_backward_bias", (dy,))]:
+        for v in VERSIONS[op]:
+            getattr(be, op)(*args, version=v)
+for (n, c, h, w_, k) in [(2, 3, 9, 11, 2), (2, 5, 5, 7, 3), (1, 2, 10, 7, 3)]:
+    x = rng.standard_normal((n, c, h, w_)).astype(np.float32)
+    y, sw = be.maxpool2d_forward(x, k)
+    for v in VERSIONS["maxpool2d_backward"]:
+        be.maxpool2d_backward(y, sw, (h, w_), version=v)
+    for v in VERSIONS["unpool2d_forward"]:
+        be.unpool2d_forward(y, sw, (h, w_), version=v)
+    be.unpool2d_backward(x, sw)
+print("clean")
+"""
+
+
+@pytest.mark.slow
+def test_every_backend_kernel_is_clean_under_asan():
+    """Every version of every op of the cupy backend, on edge shapes (partial tiles, 1x1
+    outputs, ambiguous pooling windows), built with AddressSanitizer: no access outside
+    global memory or dynamic shared memory."""
+    env = asan_env()
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    r = subprocess.run([sys.executable, "-c", ASAN_ALL], env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0 and "clean" in r.stdout, r.stderr[-3000:]
+
+
 # -------------------------------------------------------------------------- the guide
 def test_readme_snippet_runs():
     """kernels/emulator/README.md's example is executed, so the guide cannot rot."""

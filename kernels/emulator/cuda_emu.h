@@ -278,7 +278,7 @@ inline void worker_main(const Launch* L, std::atomic<unsigned long long>* next) 
     blockDim = L->block;
     gridDim = L->grid;
     const unsigned nthreads = L->block.x * L->block.y * L->block.z;
-    std::vector<char> dyn(L->smem + 16, char(0xFF));
+    std::vector<char> dyn(L->smem, char(0xFF));   // exact size: ASan sees overruns
     w.dyn = dyn.data();
     if (L->fibers) make_fibers(&w, nthreads);
     const unsigned long long nblocks = 1ull * L->grid.x * L->grid.y * L->grid.z;
