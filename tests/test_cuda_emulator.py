@@ -3,6 +3,7 @@ dynamic shared memory, atomics, launch limits, argument checks, the compile-time
 warp-level operations, AddressSanitizer mode, and the README's snippet."""
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -228,6 +229,28 @@ def test_compile_errors_point_into_the_cu_file(tmp_path):
     cu.write_text('extern "C" __global__ void k(float* y) {\n  y[0] = undeclared_name;\n}\n')
     with pytest.raises(EmulatorCompileError, match=r"broken\.cu:2:.*undeclared_name"):
         EmuModule(path=str(cu))
+
+
+STACK_HOG = r"""
+import numpy as np
+from kernels.emulator import EmuModule
+src = '''extern "C" __global__ void hog(float* y) {
+    volatile float big[40000];               // 160 KB of locals: more than a 64 KiB fiber stack
+    for (int i = 0; i < 40000; ++i) big[i] = i;
+    __syncthreads();
+    y[threadIdx.x] = big[threadIdx.x];
+}'''
+y = np.zeros(4, np.float32)
+EmuModule(code=src).get_function("hog")((1,), (4,), (y,))
+print("no fault")
+"""
+
+
+def test_fiber_stack_overflow_faults_instead_of_corrupting():
+    """Each 64 KiB fiber stack sits above an inaccessible guard page."""
+    r = subprocess.run([sys.executable, "-c", STACK_HOG], capture_output=True, text=True,
+                       timeout=240, env={**os.environ, "PYTHONPATH": ROOT})
+    assert r.returncode == -signal.SIGSEGV and "no fault" not in r.stdout, r.stderr[-2000:]
 
 
 # -------------------------------------------------------------------------- AddressSanitizer

@@ -77,7 +77,7 @@ static constexpr int warpSize = 32;
 #define __launch_bounds__(...)
 #define __align__(n) alignas(n)
 #define __shared__ static thread_local
-#define __constant__ static const
+#define __constant__ static
 
 // ------------------------------------------------------------------ device functions
 inline int min(int a, int b) { return a < b ? a : b; }
@@ -154,6 +154,8 @@ EMU_REFUSE(__syncwarp, "warp barrier")
 namespace emu {
 
 constexpr size_t kStackBytes = 64 * 1024;       // one fiber stack (CUDA threads use little)
+constexpr size_t kGuardBytes = 4096;            // an inaccessible page below each stack
+constexpr size_t kStride = kStackBytes + kGuardBytes;
 constexpr unsigned kMaxThreadsPerBlock = 1024;  // the limits a real launch would enforce
 constexpr size_t kMaxDynamicSmem = 48 * 1024;   // without cudaFuncSetAttribute opt-in
 
@@ -200,7 +202,7 @@ inline void yield_to_scheduler(Worker* w, unsigned t) {
         if (u < w->nthreads) {
             w->cur = u;
             set_thread(u, w->L->block);
-            EMU_ASAN_START(&w->fib[t].fake, w->stacks + size_t(u) * kStackBytes, kStackBytes);
+            EMU_ASAN_START(&w->fib[t].fake, w->stacks + size_t(u) * kStride, kStackBytes);
             _longjmp(w->fib[u].jb, 1);
         }
         EMU_ASAN_START(&w->fib[t].fake, w->main_bottom, w->main_size);
@@ -224,15 +226,18 @@ inline void fiber_entry() {
 inline void make_fibers(Worker* w, unsigned n) {
     w->nthreads = n;
     w->fib = new Fiber[n];
-    w->stacks_bytes = size_t(n) * kStackBytes;
+    // One mapping: [guard page][stack 0][guard page][stack 1]... -- a kernel that overflows its
+    // 64 KiB stack (huge local arrays) faults on a guard page instead of corrupting a neighbour.
+    w->stacks_bytes = size_t(n) * kStride + kGuardBytes;
     void* p = mmap(nullptr, w->stacks_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) { std::perror("cuda_emu: mmap of fiber stacks"); std::abort(); }
-    w->stacks = static_cast<char*>(p);
+    w->stacks = static_cast<char*>(p) + kGuardBytes;
+    for (unsigned t = 0; t <= n; ++t) mprotect(w->stacks + size_t(t) * kStride - kGuardBytes, kGuardBytes, PROT_NONE);
     for (unsigned t = 0; t < n; ++t) { w->fib[t].done = true; w->fib[t].fake = nullptr; }
     for (unsigned t = 0; t < n; ++t) {
         ucontext_t uc;
         getcontext(&uc);
-        uc.uc_stack.ss_sp = w->stacks + size_t(t) * kStackBytes;
+        uc.uc_stack.ss_sp = w->stacks + size_t(t) * kStride;
         uc.uc_stack.ss_size = kStackBytes;
         uc.uc_link = nullptr;
         makecontext(&uc, fiber_entry, 0);
@@ -246,7 +251,7 @@ inline void make_fibers(Worker* w, unsigned n) {
 }
 
 inline void free_fibers(Worker* w) {
-    if (w->stacks) munmap(w->stacks, w->stacks_bytes);
+    if (w->stacks) munmap(w->stacks - kGuardBytes, w->stacks_bytes);
     delete[] w->fib;
     w->fib = nullptr; w->stacks = nullptr;
 }
@@ -264,7 +269,7 @@ inline void run_block_fibers(Worker* w) {
         w->cur = t;
         set_thread(t, w->L->block);
         if (!_setjmp(w->sched)) {
-            EMU_ASAN_START(&w->sched_fake, w->stacks + size_t(t) * kStackBytes, kStackBytes);
+            EMU_ASAN_START(&w->sched_fake, w->stacks + size_t(t) * kStride, kStackBytes);
             _longjmp(w->fib[t].jb, 1);
         }
         EMU_ASAN_FINISH(w->sched_fake, nullptr, nullptr);
