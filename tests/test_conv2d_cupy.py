@@ -5,6 +5,8 @@ default tier, no GPU needed) and ``gpu`` (the same launches through CuPy on a re
 skipped with the reason where there is none). References are NumPy in float64, computed on
 the same float32 inputs; ``assert_op_close`` allows float32 summation error only.
 """
+import sys
+
 import numpy as np
 import pytest
 
@@ -160,3 +162,52 @@ def test_emulated_backend_is_numpy_based():
     assert "emulated" in repr(be)
     with pytest.raises(TypeError, match=r"x must be a numpy.ndarray.*numpy.asarray"):
         be.conv2d_forward([[1.0]], np.zeros((1, 1, 1, 1), np.float32), np.zeros(1, np.float32))
+
+
+@pytest.mark.emulator
+def test_gpu_code_path_with_a_stand_in_cupy(monkeypatch):
+    """The non-emulated branch of CupyBackend (module loading with NVRTC options, device
+    arrays, launches) run without a GPU: a stand-in ``cupy`` module whose RawModule compiles
+    the code it is given with the emulator. Checks the exact RawModule/RawKernel calls."""
+    import types
+
+    from kernels.emulator import EmuModule
+
+    calls = []
+
+    class RawModule:
+        def __init__(self, code=None, options=()):
+            calls.append(("RawModule", options))
+            self._mod = EmuModule(code=code)
+
+        def get_function(self, name):
+            k = self._mod.get_function(name)
+
+            def launch(grid, block, args, shared_mem=0):
+                calls.append((name, grid, block, shared_mem))
+                assert isinstance(grid, tuple) and isinstance(block, tuple)
+                assert all(isinstance(a, (np.ndarray, np.int32, np.float32)) for a in args)
+                k(grid, block, args, shared_mem=shared_mem)
+            return launch
+
+    fake = types.ModuleType("cupy")
+    fake.ndarray = np.ndarray
+    fake.asarray, fake.asnumpy = np.asarray, np.asarray
+    fake.empty, fake.zeros = np.empty, np.zeros
+    fake.RawModule = RawModule
+    fake.cuda = types.SimpleNamespace(
+        runtime=types.SimpleNamespace(getDeviceCount=lambda: 1),
+        get_current_stream=lambda: types.SimpleNamespace(synchronize=lambda: None))
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    be = get_backend("cupy")
+    assert not be.emulated and be.xp is fake
+    args32, args64, expect = case(SMALL[0])
+    x, w, b = (be.to_device(a) for a in args32["conv2d_forward"])
+    y = be.conv2d_forward(x, w, b, version="tiled")
+    be.synchronize()
+    assert_op_close("conv2d_forward", be.to_host(y), expect["conv2d_forward"],
+                    *args64["conv2d_forward"], dtype=np.float32)
+    n, c, h, w_, f, kh, kw = SMALL[0]
+    assert calls == [("RawModule", ("-std=c++17",)),
+                     ("conv2d_forward_tiled", (2, 2, n * f), (16, 16),
+                      ((16 + kh - 1) * (16 + kw - 1) + kh * kw) * 4)]
