@@ -118,3 +118,18 @@ def test_nvrtc_compiles_like_cupy(path):
     ptx = ptx.decode() if isinstance(ptx, bytes) else ptx
     for k in kernels_in(path):
         assert re.search(rf"\.entry {k}\(", ptx), f"{k} not in PTX"
+
+
+def test_launch_constants_match_the_cu_defines():
+    """cupy_backend.py computes grids from tile sizes that the .cu files #define."""
+    defines = {}
+    for path in CU_FILES:
+        for name, value in re.findall(r"^#define (\w+) (\d+)", open(path).read(), re.M):
+            assert defines.setdefault(name, int(value)) == int(value), f"{name} differs"
+    assert defines["CONV_TILE"] == cupy_backend.CONV_TILE
+    assert defines["GEMM_BM"] == cupy_backend.GEMM_BM
+    assert defines["GEMM_BN"] == cupy_backend.GEMM_BN
+    assert defines["GEMM_BM"] * defines["GEMM_BK"] == 2 * cupy_backend.THREADS   # 2 loads each
+    assert defines["WGRAD_CHUNK"] == cupy_backend.WGRAD_CHUNK
+    assert defines["WGRAD_RED_BLOCK"] == cupy_backend.WGRAD_RED_BLOCK
+    assert defines["BGRAD_THREADS"] == cupy_backend.THREADS
