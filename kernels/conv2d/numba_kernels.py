@@ -84,6 +84,8 @@ NAIVE_BLOCK = 256          # threads per block of the one-thread-per-output kern
 CONV_TILE = 16             # tiled: CONV_TILE x CONV_TILE outputs per block, one per thread
 GEMM_BM, GEMM_BN, GEMM_BK = 64, 64, 8   # implicit GEMM block tile (M x N) and K step
 GEMM_PAD = 4               # row padding of the B tile (A tile for dw): stores hit 32 banks
+GEMM_BN_PAD = GEMM_BN + GEMM_PAD   # padded row: a shared-array shape must be a literal
+GEMM_BM_PAD = GEMM_BM + GEMM_PAD   # constant, so the sum is taken here, not in the kernel
 GEMM_THREADS = 256         # implicit GEMM: 16 x 16 threads, each owning a 4 x 4 register block
 WGRAD_CHUNK = 256          # atomic: (n,i,j) positions summed by one thread
 WGRAD_RED_THREADS = 32     # reduce: threads per dw element (a power of two)
@@ -215,7 +217,7 @@ def conv2d_forward_implicit_gemm(y, x, w2, b):
     OHW = OH * OW
     M = N * OHW
     As = cuda.shared.array((GEMM_BK, GEMM_BM), float32)              # [k][m]
-    Bs = cuda.shared.array((GEMM_BK, GEMM_BN + GEMM_PAD), float32)   # [k][f]
+    Bs = cuda.shared.array((GEMM_BK, GEMM_BN_PAD), float32)   # [k][f]
     acc = cuda.local.array((4, 4), float32)                          # CUDA C: real acc[4][4]
     a = cuda.local.array(4, float32)
     bv = cuda.local.array(4, float32)
@@ -393,7 +395,7 @@ def conv2d_backward_input_implicit_gemm(dx, dy, w):
     HW, KK = H * W, KH * KW
     M, K = N * HW, F * KK
     As = cuda.shared.array((GEMM_BK, GEMM_BM), float32)
-    Bs = cuda.shared.array((GEMM_BK, GEMM_BN + GEMM_PAD), float32)
+    Bs = cuda.shared.array((GEMM_BK, GEMM_BN_PAD), float32)
     acc = cuda.local.array((4, 4), float32)
     a = cuda.local.array(4, float32)
     bv = cuda.local.array(4, float32)
@@ -599,7 +601,7 @@ def conv2d_backward_weight_implicit_gemm(dw2, x, dy):
     KH, KW = H - OH + 1, W - OW + 1
     KK, OHW = KH * KW, OH * OW
     KC, R = C * KK, N * OHW
-    As = cuda.shared.array((GEMM_BK, GEMM_BM + GEMM_PAD), float32)   # [r][f]
+    As = cuda.shared.array((GEMM_BK, GEMM_BM_PAD), float32)   # [r][f]
     Bs = cuda.shared.array((GEMM_BK, GEMM_BN), float32)              # [r][k]
     acc = cuda.local.array((4, 4), float32)                          # [s: f][r: k]
     a = cuda.local.array(4, float32)
