@@ -14,11 +14,11 @@ a Python thread and every ``syncthreads`` costs ~20-70 ms for a 256-thread block
 2-core machine, so its cost is (threads x kernel-loop length) + (blocks x barriers). The
 layers of the paper (Masci et al. 2011: MNIST 1->100 5x5 on 28x28, 100->150 5x5 on 12x12,
 150->200 3x3 on 4x4; CIFAR 3->100 5x5 on 32x32, 100->150 5x5 on 14x14, 150->200 3x3 on 5x5)
-keep their spatial size and kernel size -- what decides the tiling, the halos, the GEMM
-M and the tile remainders -- but run at batch 1 with 1-3 filters and channels (the GEMM tests that need several
-column blocks have their own shapes with F or C = 70); the few GEMM cases still too slow
-are listed in ``SIM_SLOW`` and run under ``slow``. The full-size layers run at batch 1
-under ``slow`` in the simulator and at batch 2 on a GPU.
+keep their spatial size and kernel size -- what decides the tiling, the halos, the GEMM M
+and the tile remainders -- but run at batch 1 with 1-3 filters and channels (the GEMM tests
+that need several column blocks have their own shapes with F or C = 70); the few GEMM cases
+still too slow are listed in ``SIM_SLOW`` and run under ``slow``. The full-size layers run
+at batch 1 under ``slow`` in the simulator and at batch 2 on a GPU.
 """
 import numpy as np
 import pytest
