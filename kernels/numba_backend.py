@@ -60,19 +60,46 @@ def _is_simulator(cuda):
     return cuda.jit.__module__.startswith("numba.cuda.simulator")
 
 
-def import_numba_cuda(emulate):
-    """Import ``numba.cuda`` in the requested mode, or raise BackendUnavailableError saying
-    why it cannot be had in this process and what to do."""
-    if "numba" not in sys.modules:
+_TOO_LATE_FOR_SIM = (
+    "numba was already imported in this process without NUMBA_ENABLE_CUDASIM=1, and numba "
+    "chooses between the GPU and its CUDA simulator only at its first import. Start a fresh "
+    "process and call get_backend('numba', emulate=True) before anything imports numba, or "
+    "set NUMBA_ENABLE_CUDASIM=1 in the environment before starting Python.")
+_SIM_PROCESS = (
+    "numba is in CUDA-simulator mode in this process ({why}), so it cannot reach a GPU. "
+    "Start a fresh process without NUMBA_ENABLE_CUDASIM (pytest: SCAE_NP_GPU_TESTS=1 "
+    "pytest -m gpu), or use get_backend('numba', emulate=True).")
+
+
+def check_numba_mode(emulate):
+    """Raise BackendUnavailableError if this process's numba is (or will be) in the other
+    mode. Imports nothing; with emulate=True and numba not yet imported it sets
+    NUMBA_ENABLE_CUDASIM=1 so that the coming import picks the simulator."""
+    numba = sys.modules.get("numba")
+    if numba is None:
         if emulate and not _sim_env_on():
             os.environ["NUMBA_ENABLE_CUDASIM"] = "1"      # before numba's first import
         elif not emulate and _sim_env_on():
-            raise BackendUnavailableError(
-                "NUMBA_ENABLE_CUDASIM=1 is set in this process's environment, so numba would "
-                "load its CUDA simulator instead of the GPU driver. Use "
-                "get_backend('numba', emulate=True) for the simulator, or start Python "
-                "without NUMBA_ENABLE_CUDASIM for the GPU (pytest: SCAE_NP_GPU_TESTS=1 "
-                "pytest -m gpu).")
+            raise BackendUnavailableError(_SIM_PROCESS.format(
+                why="NUMBA_ENABLE_CUDASIM=1 is set in the environment"))
+        return
+    cuda = sys.modules.get("numba.cuda")
+    if cuda is not None and hasattr(cuda, "jit"):
+        sim = _is_simulator(cuda)                  # numba.cuda is loaded: that decides
+    else:                                          # numba.cuda will follow numba's config
+        sim = bool(getattr(getattr(numba, "core", None), "config", None)
+                   and numba.core.config.ENABLE_CUDASIM)
+    if emulate and not sim:
+        raise BackendUnavailableError(_TOO_LATE_FOR_SIM)
+    if not emulate and sim:
+        raise BackendUnavailableError(_SIM_PROCESS.format(
+            why="numba was imported with NUMBA_ENABLE_CUDASIM=1"))
+
+
+def import_numba_cuda(emulate):
+    """Import ``numba.cuda`` in the requested mode, or raise BackendUnavailableError saying
+    why it cannot be had in this process and what to do."""
+    check_numba_mode(emulate)
     try:
         from numba import cuda
     except ImportError as e:
@@ -80,18 +107,10 @@ def import_numba_cuda(emulate):
             f"the numba backend needs numba-cuda ({e}); install it with {_INSTALL}") from e
     sim = _is_simulator(cuda)
     if emulate and not sim:
-        raise BackendUnavailableError(
-            "numba was already imported in this process without NUMBA_ENABLE_CUDASIM=1, and "
-            "numba chooses between the GPU and its CUDA simulator only at its first import. "
-            "Start a fresh process and call get_backend('numba', emulate=True) before "
-            "anything imports numba, or set NUMBA_ENABLE_CUDASIM=1 in the environment "
-            "before starting Python.")
+        raise BackendUnavailableError(_TOO_LATE_FOR_SIM)
     if not emulate and sim:
-        raise BackendUnavailableError(
-            "numba was imported in simulator mode (NUMBA_ENABLE_CUDASIM=1) in this process, "
-            "so it cannot reach a GPU. Start a fresh process without NUMBA_ENABLE_CUDASIM "
-            "(pytest: SCAE_NP_GPU_TESTS=1 pytest -m gpu), or use "
-            "get_backend('numba', emulate=True).")
+        raise BackendUnavailableError(_SIM_PROCESS.format(
+            why="numba was imported with NUMBA_ENABLE_CUDASIM=1"))
     return cuda
 
 
@@ -176,7 +195,8 @@ class NumbaBackend(Backend):
                               "numpy.asarray(...) (cupy.asnumpy(...) for a CuPy array)")
             self._rt = _SimRuntime()
         else:
-            cupy = self._require_gpu()
+            check_numba_mode(False)           # the mode first: no GPU can fix that
+            cupy = self._require_gpu()        # then the device, before numba is imported
             cuda = import_numba_cuda(False)
             if not cuda.is_available():
                 raise BackendUnavailableError(

@@ -57,7 +57,7 @@ Running a kernel in numba's CUDA simulator (no GPU; each CUDA thread becomes a P
 thread, so keep grids tiny). ``NUMBA_ENABLE_CUDASIM=1`` must be set before numba is first
 imported; ``kernels.get_backend("numba", emulate=True)`` does that for you and refuses
 (with the fix) if it is too late. This snippet is executed by
-``tests/test_numba_doc_snippet.py``::
+``tests/test_numba_backend.py``::
 
     import numpy as np, kernels
     be = kernels.get_backend("numba", emulate=True)      # sets NUMBA_ENABLE_CUDASIM=1
