@@ -41,12 +41,14 @@ import numpy as np
 from .backend import Backend, BackendUnavailableError
 
 #: ``sys.setswitchinterval`` used while a simulator kernel runs. The simulator runs one OS
-#: thread per CUDA thread and a manager thread that busy-polls them at every barrier;
-#: CPython's default 5 ms switch interval makes each barrier wait for several full
-#: intervals. Measured on a 2-core machine (tests/test_conv2d_numba.py shapes, see the
-#: report in the commit): 5e-3 (default) -> 1.0x, 1e-4 -> ~2x faster on barrier-heavy
-#: kernels, 1e-5/1e-6 no better or worse (too much switching overhead).
-SIM_SWITCH_INTERVAL = 1e-4
+#: thread per CUDA thread plus a manager thread that busy-polls them at every barrier, so
+#: how often CPython hands the GIL over decides how fast a block gets through a barrier.
+#: Measured on the project's 2-core machine (shared, load 8-25; a fixed mix of tiled,
+#: implicit_gemm, reduce, naive and pooling launches, min of 4 interleaved runs):
+#: 5e-3 (CPython's default) 7.3 s, 1e-3 6.3 s, 1e-4 7.8 s, 1e-5 10.0 s. Shorter intervals
+#: were expected to help barriers; here the extra switching costs more than it saves, so
+#: 1e-3 it is. To try another value elsewhere: SCAE_NP_SIM_SWITCH_INTERVAL=<seconds>.
+SIM_SWITCH_INTERVAL = float(os.environ.get("SCAE_NP_SIM_SWITCH_INTERVAL", "1e-3"))
 
 _INSTALL = "pip install -e '.[cuda13]' (or '.[cuda12]'; '.[test]' for the simulator alone)"
 
