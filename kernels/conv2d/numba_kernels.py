@@ -10,7 +10,7 @@ conv2d_backward_input     tiled          16x16 dx tile per block; dy tile (+halo
 conv2d_backward_input     implicit_gemm  GEMM M=N*H*W, N=C, K=F*KH*KW (A = dy, zero outside the plane)
 conv2d_backward_weight    naive          one thread per dw[f,c,p,q], loops n,i,j (deterministic)
 conv2d_backward_weight    atomic         one thread per (dw element, chunk of 256 (n,i,j)), cuda.atomic.add of the partial (not deterministic)
-conv2d_backward_weight    reduce         8 dw elements per (32, 8) block, 32 threads each + smem tree (deterministic)
+conv2d_backward_weight    reduce         T<=32 threads per dw element, 256/T elements per block, smem tree (deterministic)
 conv2d_backward_weight    implicit_gemm  GEMM M=F, N=C*KH*KW, K=N*OH*OW, one thread owns each output (deterministic)
 conv2d_backward_bias      naive          one thread per db[f], loops n,i,j
 conv2d_backward_bias      reduce         one 256-thread block per db[f], smem tree reduction (deterministic)
@@ -88,8 +88,7 @@ GEMM_BN_PAD = GEMM_BN + GEMM_PAD   # padded row: a shared-array shape must be a 
 GEMM_BM_PAD = GEMM_BM + GEMM_PAD   # constant, so the sum is taken here, not in the kernel
 GEMM_THREADS = 256         # implicit GEMM: 16 x 16 threads, each owning a 4 x 4 register block
 WGRAD_CHUNK = 256          # atomic: (n,i,j) positions summed by one thread
-WGRAD_RED_THREADS = 32     # reduce: threads per dw element (a power of two)
-WGRAD_RED_ELEMS = 8        # reduce: dw elements per block
+WGRAD_RED_BLOCK = 256      # reduce: threads per block (T per dw element, 256/T elements)
 BGRAD_THREADS = 256        # bias reduce: threads per block (a power of two)
 MAX_GRID_Z = 65535         # CUDA's gridDim.z limit; the tiled kernels stride over z
 
@@ -542,45 +541,59 @@ def launch_conv2d_backward_weight_atomic(rt, x, dy):
 
 @cuda.jit
 def conv2d_backward_weight_reduce(dw, x, dy):
-    """reduce: WGRAD_RED_ELEMS=8 dw elements per 256-thread block, WGRAD_RED_THREADS=32
-    threads per element: thread (tx, ty) of block b works on e = b*8 + ty, summing positions
-    r = tx, tx+32, ...; the 32 partial sums of e are then added pairwise in a fixed tree
-    (16, 8, 4, 2, 1 apart) and thread tx = 0 writes dw[e]. Deterministic (same bits every
-    run), 32x more parallel than naive. Constraints: grid (ceil(E/8)), block (32, 8); every
-    thread reaches every barrier (the loop bounds are uniform; threads of a missing e add
-    zeros).
+    """reduce: T threads per dw element (T = blockDim.x, a power of two <= 32 picked at
+    launch: about R/8, so no thread idles when R = N*OH*OW is small) and 256/T elements per
+    256-thread block. Thread (tx, ty) of block b works on e = b*blockDim.y + ty, summing
+    positions r = tx, tx+T, ...; the T partial sums of e are then added pairwise in a fixed
+    tree (T/2, T/4, ..., 1 apart) and thread tx = 0 writes dw[e]. Deterministic (same bits
+    every run), up to 32x more parallel than naive. Constraints: grid (ceil(E / (256/T))),
+    block (T, 256/T); every thread reaches every barrier (uniform loop bounds; threads of a
+    missing e add zeros). The shared array is flat (``part[ty*T + tx]``) because its shape
+    must be a compile-time constant and T is not (CUDA C: ``real* mine = part + ty*T``).
     """
-    part = cuda.shared.array((WGRAD_RED_ELEMS, WGRAD_RED_THREADS), float32)
+    part = cuda.shared.array(WGRAD_RED_BLOCK, float32)
     N, C, H, W = x.shape
     _, F, OH, OW = dy.shape
     KH, KW = H - OH + 1, W - OW + 1
     E, R = F * C * KH * KW, N * OH * OW
-    tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
-    e = cuda.blockIdx.x * WGRAD_RED_ELEMS + ty
+    T, tx, ty = cuda.blockDim.x, cuda.threadIdx.x, cuda.threadIdx.y
+    e = cuda.blockIdx.x * cuda.blockDim.y + ty
     q, p = e % KW, (e // KW) % KH
     c, f = (e // (KW * KH)) % C, e // (KW * KH * C)
     acc = float32(0)
     if e < E:
-        for r in range(tx, R, WGRAD_RED_THREADS):
+        for r in range(tx, R, T):
             acc += wgrad_term(x, dy, r, f, c, p, q)
-    part[ty, tx] = acc
+    mine = ty * T                               # CUDA C: real* mine = part + ty * T;
+    part[mine + tx] = acc
     cuda.syncthreads()
-    stride = WGRAD_RED_THREADS // 2
-    while stride > 0:                           # CUDA C: for (stride = 16; stride > 0; stride >>= 1)
+    stride = T // 2
+    while stride > 0:                           # CUDA C: for (stride = T/2; stride > 0; stride >>= 1)
         if tx < stride:
-            part[ty, tx] += part[ty, tx + stride]
-        cuda.syncthreads()
+            part[mine + tx] += part[mine + tx + stride]
+        cuda.syncthreads()                      # every thread reaches it: uniform bound
         stride //= 2
     if tx == 0 and e < E:
-        dw[f, c, p, q] = part[ty, 0]
+        dw[f, c, p, q] = part[mine]
+
+
+def wgrad_reduce_threads(r):
+    """Threads per dw element of the reduce version: a power of two <= 32, about r/8 (each
+    thread then sums about 8 terms before the tree), so small reductions leave no thread idle.
+    The same rule as the CUDA C launcher (kernels/cupy_backend.py)."""
+    t = 1
+    while t < 32 and t * 8 < r:
+        t *= 2
+    return t
 
 
 def launch_conv2d_backward_weight_reduce(rt, x, dy):
     n, c, h, wd = x.shape
     _, f, oh, ow = dy.shape
     dw = rt.empty((f, c, h - oh + 1, wd - ow + 1))
-    rt.launch(conv2d_backward_weight_reduce, _cdiv(dw.size, WGRAD_RED_ELEMS),
-              (WGRAD_RED_THREADS, WGRAD_RED_ELEMS), (dw, x, dy))
+    t = wgrad_reduce_threads(n * oh * ow)
+    rt.launch(conv2d_backward_weight_reduce, _cdiv(dw.size, WGRAD_RED_BLOCK // t),
+              (t, WGRAD_RED_BLOCK // t), (dw, x, dy))
     return dw
 
 
