@@ -16,15 +16,17 @@ The simulator trap: numba reads ``NUMBA_ENABLE_CUDASIM`` once, when ``numba`` is
 imported, and a process cannot switch afterwards. This module never imports numba at import
 time; the constructor
 
-* with ``emulate=True`` sets ``NUMBA_ENABLE_CUDASIM=1`` itself if numba is not imported yet,
-  and raises :class:`~kernels.BackendUnavailableError` (with the fix) if numba was already
-  imported for the GPU;
+* with ``emulate=True`` sets ``NUMBA_ENABLE_CUDASIM=1`` itself if numba is not imported yet
+  (and the variable is not set to 0: an explicit ``NUMBA_ENABLE_CUDASIM=0`` reserves the
+  process for the GPU), and raises :class:`~kernels.BackendUnavailableError` (with the fix)
+  if numba was already imported for the GPU;
 * with ``emulate=False`` refuses a process whose numba is (or will be) in simulator mode, and
   checks for a GPU through CuPy *before* importing numba, so asking for the GPU backend on a
   machine without one does not spoil the process for a later ``emulate=True``.
 
-The pytest setup (``tests/conftest.py``) makes the choice once per session: simulator unless
-``SCAE_NP_GPU_TESTS=1``.
+The pytest setup (``tests/conftest.py``) makes the choice once per session: simulator
+(``NUMBA_ENABLE_CUDASIM=1``) unless ``SCAE_NP_GPU_TESTS=1`` (then ``NUMBA_ENABLE_CUDASIM=0``,
+so that no test can flip a GPU session into the simulator).
 
 GPU backends compute in float32 only (``dtypes``). Switch values are range-checked on the
 host in the simulator; on the GPU that check (a device->host read per call) is skipped.
@@ -80,6 +82,12 @@ def check_numba_mode(emulate):
     numba = sys.modules.get("numba")
     if numba is None:
         if emulate and not _sim_env_on():
+            if os.environ.get("NUMBA_ENABLE_CUDASIM", "").strip():
+                raise BackendUnavailableError(
+                    f"NUMBA_ENABLE_CUDASIM={os.environ['NUMBA_ENABLE_CUDASIM']} is set in the "
+                    f"environment: this process is reserved for the GPU (e.g. a "
+                    f"SCAE_NP_GPU_TESTS=1 pytest session). Use the simulator in a process "
+                    f"started without it, or with NUMBA_ENABLE_CUDASIM=1.")
             os.environ["NUMBA_ENABLE_CUDASIM"] = "1"      # before numba's first import
         elif not emulate and _sim_env_on():
             raise BackendUnavailableError(_SIM_PROCESS.format(

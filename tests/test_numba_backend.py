@@ -19,10 +19,10 @@ from kernels import BackendUnavailableError
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _run(code, sim_env=False):
+def _run(code, sim_env=None):
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
-    if sim_env:
-        env["NUMBA_ENABLE_CUDASIM"] = "1"
+    if sim_env is not None:
+        env["NUMBA_ENABLE_CUDASIM"] = sim_env
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
@@ -74,8 +74,20 @@ def test_gpu_backend_in_simulator_process_says_why():
             kernels.get_backend("numba")
         except kernels.BackendUnavailableError as e:
             print("ERR", e)
-    """, sim_env=True)
+    """, sim_env="1")
     assert "ERR" in out and "simulator" in out and "SCAE_NP_GPU_TESTS=1" in out
+
+
+def test_explicit_cudasim_0_reserves_the_process_for_the_gpu():
+    out = _run("""
+        import sys, kernels
+        try:
+            kernels.get_backend("numba", emulate=True)
+        except kernels.BackendUnavailableError as e:
+            print("ERR", e)
+        print("NUMBA_IMPORTED", "numba" in sys.modules)
+    """, sim_env="0")
+    assert "ERR NUMBA_ENABLE_CUDASIM=0" in out and "NUMBA_IMPORTED False" in out
 
 
 @pytest.mark.skipif(_has_gpu(), reason="checks the no-GPU message; this machine has a GPU")
