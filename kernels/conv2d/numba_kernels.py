@@ -142,8 +142,9 @@ def conv2d_forward_tiled(y, x, w, b):
     of its tile (tile + halo) and the KH x KW filter slice w[f,c] in shared memory, syncs,
     and each thread accumulates its KH*KW products from shared memory: each x value is read
     from global memory about once per (f, tile) instead of KH*KW times.
-    Constraints: block (16, 16); grid (ceil(OW/16), ceil(OH/16), min(N*F, 65535)) -- unlike
-    the CUDA C launch (gridDim.z = N*F), z strides over the planes, so N*F > 65535 works;
+    Constraints: block (16, 16); grid (ceil(OW/16), ceil(OH/16), min(N*F, 65535)): z strides
+    over the (n,f) planes, so N*F > 65535 works (the CUDA C launcher instead launches batch
+    slices with gridDim.z = (samples in slice)*F <= 65535: same mapping, one launch here);
     dynamic shared memory ((16+KH-1)*(16+KW-1) + KH*KW) floats, given at launch:
     ``cuda.shared.array(0, float32)`` is CUDA C's ``extern __shared__ real smem[]``. There
     is no ``real* ws = smem + TH*TW`` in numba (no pointer arithmetic): ws is an offset.
