@@ -73,9 +73,7 @@ imported; ``kernels.get_backend("numba", emulate=True)`` does that for you and r
 """
 from __future__ import annotations
 
-import math
 
-import numpy as np
 from numba import cuda, float32
 
 # --------------------------------------------------------------------------- tile sizes
