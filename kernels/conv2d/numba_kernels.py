@@ -73,7 +73,6 @@ imported; ``kernels.get_backend("numba", emulate=True)`` does that for you and r
 """
 from __future__ import annotations
 
-
 from numba import cuda, float32
 
 # --------------------------------------------------------------------------- tile sizes
