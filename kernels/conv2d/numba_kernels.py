@@ -2,18 +2,18 @@
 
 Versions (ladder order; the CUDA C files carry the same names and thread mappings):
 
-conv2d_forward            naive          one thread per output y[n,f,i,j], loops c,p,q from global memory
-conv2d_forward            tiled          16x16 output tile per block; input tile (+halo) and filter slice in smem, per channel
-conv2d_forward            implicit_gemm  GEMM M=N*OH*OW, N=F, K=C*KH*KW; 64x64x8 smem tiles, 4x4 outputs per thread
-conv2d_backward_input     naive          one thread per dx[n,c,h,v], gathers the dy entries that touch it
-conv2d_backward_input     tiled          16x16 dx tile per block; dy tile (+halo) and filter slice in smem, per filter
-conv2d_backward_input     implicit_gemm  GEMM M=N*H*W, N=C, K=F*KH*KW (A = dy, zero outside the plane)
-conv2d_backward_weight    naive          one thread per dw[f,c,p,q], loops n,i,j (deterministic)
-conv2d_backward_weight    atomic         one thread per (dw element, chunk of 256 (n,i,j)), cuda.atomic.add of the partial (not deterministic)
-conv2d_backward_weight    reduce         T<=32 threads per dw element, 256/T elements per block, smem tree (deterministic)
-conv2d_backward_weight    implicit_gemm  GEMM M=F, N=C*KH*KW, K=N*OH*OW, one thread owns each output (deterministic)
-conv2d_backward_bias      naive          one thread per db[f], loops n,i,j
-conv2d_backward_bias      reduce         one 256-thread block per db[f], smem tree reduction (deterministic)
+conv2d_forward          naive          thread per y[n,f,i,j]; c,p,q loop from global memory
+conv2d_forward          tiled          16x16 outputs/block; input patch + w[f,c] in smem per c
+conv2d_forward          implicit_gemm  M=N*OH*OW, N=F, K=C*KH*KW; 64x64x8 smem tiles, 4x4/thread
+conv2d_backward_input   naive          thread per dx[n,c,h,v], gathers the dy entries touching it
+conv2d_backward_input   tiled          16x16 dx/block; zero-padded dy patch + w[f,c] in smem per f
+conv2d_backward_input   implicit_gemm  M=N*H*W, N=C, K=F*KH*KW; A = dy (0 outside), 4x4/thread
+conv2d_backward_weight  naive          thread per dw[f,c,p,q], loops all (n,i,j): deterministic
+conv2d_backward_weight  atomic         thread per (dw elem, 256 (n,i,j)); cuda.atomic.add: not det.
+conv2d_backward_weight  reduce         T<=32 threads per dw elem, 256/T per block, smem tree: det.
+conv2d_backward_weight  implicit_gemm  M=F, N=C*KH*KW, K=N*OH*OW; one thread per output: det.
+conv2d_backward_bias    naive          thread per db[f], loops n,i,j
+conv2d_backward_bias    reduce         256-thread block per db[f], smem tree: deterministic
 
 Every kernel computes in float32 (``acc = float32(0)``: a bare ``0.0`` would make numba
 accumulate in float64). Arguments arrive C-contiguous and already checked against the
@@ -358,7 +358,8 @@ def conv2d_backward_input_tiled(dx, dy, w):
             if h < H and v < W:
                 for p in range(KH):
                     for q in range(KW):
-                        acc += smem[(ty + KH - 1 - p) * TW + tx + KW - 1 - q] * smem[ws + p * KW + q]
+                        acc += (smem[(ty + KH - 1 - p) * TW + tx + KW - 1 - q]
+                                * smem[ws + p * KW + q])
             cuda.syncthreads()
         if h < H and v < W:
             dx[n, c, h, v] = acc
@@ -566,7 +567,7 @@ def conv2d_backward_weight_reduce(dw, x, dy):
     part[mine + tx] = acc
     cuda.syncthreads()
     stride = T // 2
-    while stride > 0:                           # CUDA C: for (stride = T/2; stride > 0; stride >>= 1)
+    while stride > 0:                           # CUDA C: for (...; stride > 0; stride >>= 1)
         if tx < stride:
             part[mine + tx] += part[mine + tx + stride]
         cuda.syncthreads()                      # every thread reaches it: uniform bound

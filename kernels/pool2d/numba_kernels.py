@@ -3,12 +3,12 @@ translation of ``kernels/pool2d/maxpool2d.cu`` and ``kernels/pool2d/unpool2d.cu`
 
 Versions (ladder order; the CUDA C files carry the same names and thread mappings):
 
-maxpool2d_forward    naive   one thread per output; row-major window scan, strict '>' (ties -> first); switch = h*W+w (int32)
-maxpool2d_backward   naive   scatter: one thread per dy value, stored at its switch in a zeroed dx (no atomics: windows never overlap)
-maxpool2d_backward   gather  one thread per dx pixel: reads the switch of its window (Caffe); every dx written once, no memset, no atomics
-unpool2d_forward     naive   scatter, the same kernel body as maxpool2d_backward naive (the contract says they are one op)
-unpool2d_forward     gather  gather, the same kernel body as maxpool2d_backward gather
-unpool2d_backward    naive   one thread per output: dy[n,c,i,j] = dx[n,c].flat[switch] (a gather)
+maxpool2d_forward   naive   thread per output; row-major scan, strict '>' (ties: first); int32 h*W+w
+maxpool2d_backward  naive   scatter: thread per dy value into a zeroed dx (windows never overlap)
+maxpool2d_backward  gather  thread per dx pixel reads its window's switch (Caffe): no memset/atomics
+unpool2d_forward    naive   scatter: the body of maxpool2d_backward naive (one op, per the contract)
+unpool2d_forward    gather  gather: the body of maxpool2d_backward gather
+unpool2d_backward   naive   thread per output: dy[n,c,i,j] = dx[n,c].flat[switch] (a gather)
 
 Switches are int32 flat in-plane indices ``h*W + w``. Pooling windows never overlap, so the
 scatter never has two values for one pixel and needs no atomics; the gather is the
@@ -18,9 +18,9 @@ The gather and the pooling window size: the contract's ``maxpool2d_backward(dy, 
 input_hw)`` does not pass k. A pixel (h, v) may only hold the maximum of a window that
 covers it; for the k that produced the switches, that is window (h//k, v//k). Every k with
 ``H//k == OH`` and ``W//k == OW`` is possible (usually exactly one: k=2 on 24x24 -> 12x12);
-the launcher computes the range [kmin, kmax] of such k (``k_range``) and each thread checks the windows
-(h//kmax .. h//kmin) x (v//kmax .. v//kmin) -- one window when k is unique, a handful
-otherwise. The gather therefore needs switches that lie inside their own window, as
+the launcher computes the range [kmin, kmax] of such k (``k_range``) and each thread checks
+the windows (h//kmax .. h//kmin) x (v//kmax .. v//kmin) -- one window when k is unique, a
+handful otherwise. The gather therefore needs switches that lie inside their own window, as
 ``maxpool2d_forward`` returns them (the scatter takes any in-range switches).
 
 Reading guide (numba here, CUDA C in the .cu files): ``cuda.grid(1)`` is
