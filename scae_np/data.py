@@ -390,7 +390,8 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
     a pickle that names any other class or function is refused instead of run."""
     _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                 ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-                ("numpy._core.multiarray", "scalar")}
+                ("numpy._core.multiarray", "scalar"),
+                ("_codecs", "encode")}   # how protocol-2 pickles written by Python 3 store bytes
 
     def find_class(self, module, name):
         if (module, name) in self._ALLOWED:
@@ -511,7 +512,7 @@ def _load_cifar(spec, d):
 
 def _to_float(u8):
     x = np.empty(u8.shape, np.float32)
-    np.multiply(u8, np.float32(1.0 / 255.0), out=x, casting="unsafe")
+    np.divide(u8, np.float32(255.0), out=x, casting="unsafe")   # correctly rounded u/255
     x.setflags(write=False)
     return x
 
