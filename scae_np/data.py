@@ -278,6 +278,9 @@ def _download(url, dest, md5s):
         got = h.hexdigest()
         if got not in md5s:
             raise DataError(f"downloaded {url} but its md5 is {got}, expected {md5s[0]}")
+        u = os.umask(0o022)
+        os.umask(u)
+        os.chmod(tmp, 0o666 & ~u)                 # mkstemp makes 0600; give it the usual mode
         os.replace(tmp, dest)
     finally:
         if os.path.exists(tmp):
@@ -462,6 +465,9 @@ def _extract_cifar(spec, d):
             for f, b in out.items():
                 (tmp / f).write_bytes(b)
             if not (d / CIFAR_DIR).exists():
+                u = os.umask(0o022)
+                os.umask(u)
+                os.chmod(tmp, 0o777 & ~u)         # mkdtemp makes 0700
                 os.replace(tmp, d / CIFAR_DIR)
         finally:
             if tmp.exists():
