@@ -294,16 +294,23 @@ class CAE(Model):
       zeroed) before decoding: ``u = unpool(maxpool(h))`` (``u = h`` without pooling);
     * decoder: ``r = s(sum_k u_k * W~_k + c)`` with ``W~`` the filters flipped in both
       dimensions -- exactly ``conv2d_backward_input(u, W)`` -- plus one bias per input
-      channel; ``s`` the logistic ``(1 + tanh(a/2))/2`` so ``r`` lies in (0, 1) like the
-      pixels (our choice; the paper only says "a scaled tanh");
+      channel. ``s`` is chosen to span the input's range (the paper only says "a scaled
+      tanh"): ``output="logistic"``, ``(1 + tanh(a/2))/2``, for pixels in [0, 1] (a tanh
+      rescaled to (0, 1)); ``output="tanh"``, the hidden layers' ``1.7159 tanh(2a/3)``, for
+      the codes of a lower CAE (which lie in (-1.7159, 1.7159)); ``output="linear"``;
     * loss: ``L = sum (r - x)^2 / (2N)`` (half squared error per image, batch mean).
 
     ``encode(x)`` returns the pooled hidden maps (the next CAE's input in a stack).
     """
 
+    OUTPUTS = ("logistic", "tanh", "linear")
+
     def __init__(self, backend, in_channels=1, n_maps=20, kernel=7, pool=2, noise=0.0,
-                 seed=0, dtype=np.float32):
+                 seed=0, dtype=np.float32, output="logistic"):
         super().__init__(backend, dtype)
+        if output not in self.OUTPUTS:
+            raise ValueError(f"output must be one of {self.OUTPUTS}, got {output!r}")
+        self.output = output
         self.in_channels, self.n_maps, self.kernel = int(in_channels), int(n_maps), int(kernel)
         self.pool = int(pool) if pool else 1
         if not 0.0 <= float(noise) < 1.0:
@@ -324,6 +331,8 @@ class CAE(Model):
 
     def describe(self):
         s = f"CAE {self.n_maps}@{self.kernel}x{self.kernel}"
+        if self.output != "logistic":
+            s += f", {self.output} output"
         if self.pool > 1:
             s += f", maxpool {self.pool}x{self.pool}"
         if self.noise:
@@ -361,7 +370,11 @@ class CAE(Model):
     def _decode(self, u):
         r = self.be.conv2d_backward_input(u, self.params["W"])
         r += self.params["c"].reshape(1, -1, 1, 1)
-        return logistic_(r, self.xp)
+        if self.output == "logistic":
+            return logistic_(r, self.xp)
+        if self.output == "tanh":
+            return ScaledTanh(self.be).forward(r)
+        return r
 
     def reconstruct(self, x):
         """Reconstruction of clean input x (no noise)."""
@@ -381,9 +394,12 @@ class CAE(Model):
         u = be.unpool2d_forward(p, s, hw) if s is not None else h
         r = self._decode(u)
         loss, d = half_squared_error(r, x, xp)
-        t = 1.0 - r
-        t *= r
-        d *= t                                            # d L / d (decoder pre-activation)
+        if self.output == "logistic":                     # d L / d (decoder pre-activation)
+            t = 1.0 - r
+            t *= r
+            d *= t
+        elif self.output == "tanh":
+            d *= scaled_tanh_grad_from_output(r)
         dc = be.conv2d_backward_bias(d)
         dW = be.conv2d_backward_weight(d, u)              # decoder's use of W
         du = be.conv2d_forward(d, self.params["W"], self._zero_b)   # adjoint of the decoder
@@ -419,11 +435,13 @@ class CAEStack(Model):
 
     ``pools``: each CAE's pooling (the codes passed upward are pooled with it). The default
     (2, 2, 2) pools the top CAE as well: it shapes its filters, and nothing is stacked on it.
-    ``noise``: one share for all CAEs, or one per CAE.
+    ``noise``: one share for all CAEs, or one per CAE. ``output``: the first CAE's output
+    nonlinearity (``logistic`` for pixels in [0, 1]); the CAEs above it reconstruct scaled-tanh
+    codes and use ``tanh``.
     """
 
     def __init__(self, backend, in_channels=1, maps=PAPER_MAPS, kernels=PAPER_KERNELS,
-                 pools=(2, 2, 2), noise=0.0, seed=0, dtype=np.float32):
+                 pools=(2, 2, 2), noise=0.0, seed=0, dtype=np.float32, output="logistic"):
         super().__init__(backend, dtype)
         maps = _as_int_tuple("maps", maps)
         kernels = _as_int_tuple("kernels", kernels, len(maps))
@@ -435,7 +453,8 @@ class CAEStack(Model):
         self.caes = []
         c = int(in_channels)
         for i, (f, k, p, nz) in enumerate(zip(maps, kernels, pools, noises)):
-            self.caes.append(CAE(backend, c, f, k, p, nz, seed=[int(seed), i + 1], dtype=dtype))
+            self.caes.append(CAE(backend, c, f, k, p, nz, seed=[int(seed), i + 1], dtype=dtype,
+                                 output=output if i == 0 else "tanh"))
             c = f
         for i, cae in enumerate(self.caes, start=1):
             for p, a in cae.params.items():

@@ -37,10 +37,12 @@ def test_cnn_gradients(be, rng, hidden):
         assert_gradient_close(grads[name], numerical_gradient(loss, p, np.array(1.0)), name=name)
 
 
-@pytest.mark.parametrize("pool,noise", [(1, 0.0), (2, 0.0), (2, 0.5), (3, 0.0)])
-def test_cae_gradients(be, rng, pool, noise):
+@pytest.mark.parametrize("pool,noise,output", [(1, 0.0, "logistic"), (2, 0.0, "logistic"),
+                                              (2, 0.5, "logistic"), (3, 0.0, "logistic"),
+                                              (2, 0.0, "tanh"), (1, 0.2, "linear")])
+def test_cae_gradients(be, rng, pool, noise, output):
     cae = CAE(be, in_channels=2, n_maps=3, kernel=3, pool=pool, noise=noise, seed=4,
-              dtype=np.float64)
+              dtype=np.float64, output=output)
     cae.params["b"][:] = rng.standard_normal(3) * 0.1
     cae.params["c"][:] = rng.standard_normal(2) * 0.1
     x = distinct_values(rng, (2, 2, 9, 8), scale=0.5) + 0.5
@@ -178,6 +180,7 @@ def test_stack_initialises_the_cnn(be, rng):
     kw = dict(maps=(4, 5, 6), kernels=(5, 5, 3))
     stack = CAEStack(be, in_channels=1, pools=(2, 2, 2), seed=3, **kw)
     assert stack.caes[1].in_channels == 4 and stack.caes[2].in_channels == 5
+    assert [c.output for c in stack.caes] == ["logistic", "tanh", "tanh"]
     x = rng.random((2, 1, 28, 28), dtype=np.float32)
     assert stack.encode(x, 1).shape == (2, 4, 12, 12)
     assert stack.encode(x, 2).shape == (2, 5, 4, 4)
