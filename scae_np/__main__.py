@@ -1,6 +1,11 @@
 """``python -m scae_np`` is ``python -m scae_np.run``."""
 import sys
 
-from .run import main
+from ._threads import early_threads
 
-sys.exit(main())
+_applied = early_threads(sys.argv[1:])
+
+from . import run  # noqa: E402
+
+run._THREADS_APPLIED = _applied
+sys.exit(run.main())

@@ -298,15 +298,23 @@ class CAE(Model):
       tanh"): ``output="logistic"``, ``(1 + tanh(a/2))/2``, for pixels in [0, 1] (a tanh
       rescaled to (0, 1)); ``output="tanh"``, the hidden layers' ``1.7159 tanh(2a/3)``, for
       the codes of a lower CAE (which lie in (-1.7159, 1.7159)); ``output="linear"``;
-    * loss: ``L = sum (r - x)^2 / (2N)`` (half squared error per image, batch mean).
+    * loss: ``L = sum (r - x)^2 / (2 N C)``: half the squared error per image and input
+      channel, batch mean. (Dividing by the C input channels keeps the gradient's size, and
+      so the learning rate, comparable across the layers of a stack, whose inputs have 1
+      and then ~100 channels.)
 
     ``encode(x)`` returns the pooled hidden maps (the next CAE's input in a stack).
+
+    Initialisation: filters uniform in ``+-init_scale * sqrt(3 / fan_in)`` (LeCun's bound
+    times ``init_scale``, default 0.1), biases zero. Without weight decay (the paper uses
+    none) whatever random structure the filters start with stays visible after a short
+    training; small starting filters let the learned structure show (Fig. 1).
     """
 
     OUTPUTS = ("logistic", "tanh", "linear")
 
     def __init__(self, backend, in_channels=1, n_maps=20, kernel=7, pool=2, noise=0.0,
-                 seed=0, dtype=np.float32, output="logistic"):
+                 seed=0, dtype=np.float32, output="logistic", init_scale=0.1):
         super().__init__(backend, dtype)
         if output not in self.OUTPUTS:
             raise ValueError(f"output must be one of {self.OUTPUTS}, got {output!r}")
@@ -322,9 +330,10 @@ class CAE(Model):
         self.seed = seed
         self.rng = np.random.default_rng(seed)
         fan_in = self.in_channels * self.kernel ** 2
-        self.params["W"] = backend.to_device(lecun_uniform(
-            self.rng, (self.n_maps, self.in_channels, self.kernel, self.kernel), fan_in,
-            self.dtype))
+        w = lecun_uniform(self.rng, (self.n_maps, self.in_channels, self.kernel, self.kernel),
+                          fan_in, self.dtype)
+        w *= np.float32(init_scale)
+        self.params["W"] = backend.to_device(w)
         self.params["b"] = backend.to_device(np.zeros(self.n_maps, dtype=self.dtype))
         self.params["c"] = backend.to_device(np.zeros(self.in_channels, dtype=self.dtype))
         self._zero_b = backend.to_device(np.zeros(self.n_maps, dtype=self.dtype))
@@ -394,6 +403,9 @@ class CAE(Model):
         u = be.unpool2d_forward(p, s, hw) if s is not None else h
         r = self._decode(u)
         loss, d = half_squared_error(r, x, xp)
+        inv_c = 1.0 / self.in_channels
+        loss = loss * inv_c
+        d *= inv_c
         if self.output == "logistic":                     # d L / d (decoder pre-activation)
             t = 1.0 - r
             t *= r
@@ -441,7 +453,8 @@ class CAEStack(Model):
     """
 
     def __init__(self, backend, in_channels=1, maps=PAPER_MAPS, kernels=PAPER_KERNELS,
-                 pools=(2, 2, 2), noise=0.0, seed=0, dtype=np.float32, output="logistic"):
+                 pools=(2, 2, 2), noise=0.0, seed=0, dtype=np.float32, output="logistic",
+                 init_scale=0.1):
         super().__init__(backend, dtype)
         maps = _as_int_tuple("maps", maps)
         kernels = _as_int_tuple("kernels", kernels, len(maps))
@@ -454,7 +467,7 @@ class CAEStack(Model):
         c = int(in_channels)
         for i, (f, k, p, nz) in enumerate(zip(maps, kernels, pools, noises)):
             self.caes.append(CAE(backend, c, f, k, p, nz, seed=[int(seed), i + 1], dtype=dtype,
-                                 output=output if i == 0 else "tanh"))
+                                 output=output if i == 0 else "tanh", init_scale=init_scale))
             c = f
         for i, cae in enumerate(self.caes, start=1):
             for p, a in cae.params.items():

@@ -23,26 +23,11 @@ import os
 import sys
 
 
-def _early_threads(argv):
-    """Apply ``--threads N`` before NumPy (and its BLAS) is imported: the thread count of
-    OpenBLAS/MKL/OpenMP is fixed when the library loads."""
-    n = None
-    for i, a in enumerate(argv):
-        if a == "--threads" and i + 1 < len(argv):
-            n = argv[i + 1]
-        elif a.startswith("--threads="):
-            n = a.split("=", 1)[1]
-    if n is not None and n.isdigit() and int(n) > 0:
-        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                    "NUMBA_NUM_THREADS"):
-            os.environ[var] = n
-        return "numpy" not in sys.modules
-    return None
-
+from ._threads import early_threads  # noqa: E402  (no NumPy import)
 
 _THREADS_APPLIED = None          # True: --threads applied before NumPy loaded
 if __name__ == "__main__":
-    _THREADS_APPLIED = _early_threads(sys.argv[1:])
+    _THREADS_APPLIED = early_threads(sys.argv[1:])
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -79,7 +64,7 @@ FIG1_VARIANTS = (            # (stage name, caption, pool, noise)
 QUICK = dict(
     seeds=[0], sizes=[1000], val_images=1000, test_images=None,
     maps=[100, 150, 200], kernels=[5, 5, 3], hidden=300,
-    epochs=8, lr=0.02, momentum=0.9, lr_decay=0.9, batch_size=16, patience=0,
+    epochs=6, lr=0.01, momentum=0.9, lr_decay=0.9, batch_size=16, patience=0,
     cae_images=2000, cae_epochs=1, cae_lr=0.005, cae_momentum=0.9, cae_batch_size=16,
     cae_noise=0.0, cae_maps=20, cae_kernel=7, cae_pool=2,
     fig_images=3000, fig_epochs=1, init="cae",
@@ -87,7 +72,7 @@ QUICK = dict(
 FULL = dict(
     seeds=[0, 1, 2], sizes=[1000, 10000, 50000], val_images=5000, test_images=None,
     maps=[100, 150, 200], kernels=[5, 5, 3], hidden=300,
-    epochs=30, lr=0.02, momentum=0.9, lr_decay=0.95, batch_size=16, patience=8,
+    epochs=30, lr=0.01, momentum=0.9, lr_decay=0.95, batch_size=16, patience=8,
     cae_images=10000, cae_epochs=5, cae_lr=0.005, cae_momentum=0.9, cae_batch_size=16,
     cae_noise=0.0, cae_maps=20, cae_kernel=7, cae_pool=2,
     fig_images=50000, fig_epochs=5, init="cae",

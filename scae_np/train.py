@@ -141,8 +141,8 @@ def evaluate_classifier(backend, model, x, y, batch_size=256):
 
 
 def evaluate_reconstruction(backend, cae, x, batch_size=256):
-    """Mean reconstruction loss (half squared error per image) and per-pixel MSE of a CAE on
-    clean host images x, in batches."""
+    """Mean reconstruction loss (the CAE's training loss: half squared error per image and
+    channel) and per-pixel MSE of a CAE on clean host images x, in batches."""
     from .layers import half_squared_error
     xp = backend.xp
     n = len(x)
@@ -151,8 +151,8 @@ def evaluate_reconstruction(backend, cae, x, batch_size=256):
         xb = backend.to_device(x[i:i + batch_size])
         loss, _ = half_squared_error(cae.reconstruct(xb), xb, xp)
         loss_sum += float(loss) * len(xb)
-    loss = loss_sum / n
-    return loss, 2.0 * loss / int(np.prod(x.shape[1:]))
+    loss = loss_sum / n / x.shape[1]
+    return loss, 2.0 * loss / int(np.prod(x.shape[2:]))
 
 
 def encode_batches(backend, encoder, x, batch_size=256):
@@ -349,7 +349,7 @@ def _bar(n, desc, enabled):
     if not enabled:
         return None
     from tqdm import tqdm
-    return tqdm(total=n, desc=desc, unit="img", leave=False, dynamic_ncols=True,
+    return tqdm(total=n, desc=desc, unit="img", leave=False, dynamic_ncols=True, disable=None,
                 mininterval=0.5, file=sys.stderr)
 
 
