@@ -695,7 +695,10 @@ def _main(args, argv):
     run = Run(cfg, be, ds, out, trainer)
     seeds = cfg["seeds"]
     try:
-        run.check()
+        try:
+            run.check()
+        except ValueError as e:    # a model that cannot be built with these options
+            raise UserError(str(e)) from None
         exp = cfg["experiment"]
         if exp in ("default", "fig1"):
             run.fig1(seeds[0])
@@ -705,8 +708,6 @@ def _main(args, argv):
             run.table(seeds)
         if exp == "cnn":
             run.table(seeds[:1], inits=(cfg["init"],), sizes=cfg["sizes"][:1])
-    except ValueError as e:        # a model that cannot be built with these options
-        raise UserError(str(e)) from None
     except Interrupted as e:
         print(f"{e}; continue with:  python -m scae_np.run {cfg['dataset']} --out {out} "
               f"--resume", file=sys.stderr)

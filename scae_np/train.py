@@ -124,6 +124,15 @@ class MetricsLog:
 
 
 # -------------------------------------------------------------------------- evaluation
+def _batch_to_device(backend, a):
+    """``backend.to_device`` of a host batch, copied first when it is a read-only view (the
+    datasets are read-only, and numba's CUDA simulator writes every kernel argument back to
+    its host array after a launch, inputs included)."""
+    if isinstance(a, np.ndarray) and not a.flags.writeable:
+        a = a.copy()
+    return backend.to_device(a)
+
+
 def evaluate_classifier(backend, model, x, y, batch_size=256):
     """Mean cross-entropy and error (%) of a CNN on host arrays (x, y), in batches."""
     from .layers import softmax_cross_entropy
@@ -131,8 +140,8 @@ def evaluate_classifier(backend, model, x, y, batch_size=256):
     n = len(x)
     loss_sum, wrong = 0.0, 0
     for i in range(0, n, batch_size):
-        xb = backend.to_device(x[i:i + batch_size])
-        yb = backend.to_device(y[i:i + batch_size])
+        xb = _batch_to_device(backend, x[i:i + batch_size])
+        yb = _batch_to_device(backend, y[i:i + batch_size])
         logits = model.forward(xb)
         loss, _ = softmax_cross_entropy(logits, yb, xp)
         loss_sum += float(loss) * len(xb)
@@ -148,7 +157,7 @@ def evaluate_reconstruction(backend, cae, x, batch_size=256):
     n = len(x)
     loss_sum = 0.0
     for i in range(0, n, batch_size):
-        xb = backend.to_device(x[i:i + batch_size])
+        xb = _batch_to_device(backend, x[i:i + batch_size])
         loss, _ = half_squared_error(cae.reconstruct(xb), xb, xp)
         loss_sum += float(loss) * len(xb)
     loss = loss_sum / n / x.shape[1]
@@ -157,7 +166,8 @@ def evaluate_reconstruction(backend, cae, x, batch_size=256):
 
 def encode_batches(backend, encoder, x, batch_size=256):
     """``encoder(batch)`` over host images x, in batches; a host float array."""
-    outs = [np.asarray(backend.to_host(encoder(backend.to_device(x[i:i + batch_size]))))
+    outs = [np.asarray(backend.to_host(encoder(_batch_to_device(backend,
+                                                                x[i:i + batch_size]))))
             for i in range(0, len(x), batch_size)]
     return np.ascontiguousarray(np.concatenate(outs, axis=0))
 
@@ -267,9 +277,10 @@ class Trainer:
             try:
                 for i in range(0, n, bs):
                     idx = perm[i:i + bs]
-                    xb = be.to_device(x_train[idx])
+                    xb = _batch_to_device(be, x_train[idx])
                     if kind == "cnn":
-                        loss = model.train_step(xb, be.to_device(y_train[idx]), lr, sgd.momentum)
+                        loss = model.train_step(xb, _batch_to_device(be, y_train[idx]), lr,
+                                                sgd.momentum)
                     else:
                         loss = model.train_step(xb, lr, sgd.momentum)
                     if not math.isfinite(loss):

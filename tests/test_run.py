@@ -325,9 +325,12 @@ def _emulated(name):
         pytest.skip(f"get_backend({name!r}, emulate=True) is not available here: {last}")
 
 
-@pytest.mark.emulator
-@pytest.mark.simulator
-@pytest.mark.parametrize("name", ["cupy", "numba"])
+@pytest.mark.parametrize("name", [
+    pytest.param("cupy", marks=pytest.mark.emulator),
+    # numba's simulator runs one Python thread per CUDA thread: this tiny run takes ~15 min
+    # on a 2-core machine, so it is in the slow tier (pytest -m slow).
+    pytest.param("numba", marks=[pytest.mark.simulator, pytest.mark.slow]),
+])
 def test_end_to_end_on_emulated_gpu_backends(name, tmp_path):
     _emulated(name)
     d = tmp_path / "data"
