@@ -26,7 +26,6 @@ quarter of the tanh work. Flatten order is NCHW (C-order), as ``torch.flatten(x,
 """
 from __future__ import annotations
 
-import io
 import os
 import tempfile
 

@@ -348,3 +348,16 @@ def test_end_to_end_on_emulated_gpu_backends(name, tmp_path):
     assert row["size"] == 6 and 0.0 <= row["cae"]["mean"] <= 100.0
     with np.load(out / "weights" / "cnn-cae-n6-s0.npz") as z:
         assert np.isfinite(z["conv1.W"]).all()
+
+
+def test_the_module_entry_points(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for mod in ("scae_np.run", "scae_np"):
+        p = subprocess.run([sys.executable, "-m", mod, "--help"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0 and "usage: python -m scae_np.run" in p.stdout
+    p = subprocess.run([sys.executable, "-m", "scae_np.run", "mnist", "--threads", "1",
+                        "--backend", "numpy", "--data-dir", str(tmp_path / "nowhere")],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "is not a folder" in p.stderr
+    assert "Traceback" not in p.stderr and "no effect" not in p.stderr
