@@ -583,7 +583,7 @@ def _fmt_paper(v):
     return "—" if v is None else f"{v:.2f}"
 
 
-def results_markdown(cfg, rows, fig1, n_test, backend_desc, wall):
+def results_markdown(cfg, rows, fig1, n_test, backend_desc, wall, cnn_runs=None):
     lines = [f"# scae-np results: {cfg['dataset']}, experiment `{cfg['experiment']}`", ""]
     lines.append(f"Backend: {backend_desc}. Wall time: {wall:.0f} s.")
     lines.append("")
@@ -600,8 +600,18 @@ def results_markdown(cfg, rows, fig1, n_test, backend_desc, wall):
                       f"deviation over seeds; CNN {cfg['epochs']} epochs max, lr {cfg['lr']}, "
                       f"momentum {cfg['momentum']}, batch {cfg['batch_size']}, validation "
                       f"{cfg['val_images']} training images. {PAPER_NOTE}", ""]
+    if cnn_runs:
+        lines += ["### Every CNN run", "", "| run | init | training images | seed | epochs (best) "
+                  "| validation error % | test error % | training time s |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|"]
+        for stage, r in cnn_runs.items():
+            best_val = "—" if r.get("best_val") is None else f"{r['best_val']:.2f}"
+            lines.append(f"| {stage} | {r['init']} | {r['size']} | {r['seed']} | {r['epochs']} "
+                         f"({r['best_epoch']}) | {best_val} | {r['test_error']:.2f} | "
+                         f"{r['train_time_s']:.0f} |")
+        lines.append("")
     if fig1:
-        lines += ["## Fig. 1 CAEs", "", "| CAE | validation loss (half squared error / image) "
+        lines += ["## Fig. 1 CAEs", "", "| CAE | validation loss (half squared error per image and channel) "
                   "| MSE / pixel |", "|---|---:|---:|"]
         for name, r in fig1.items():
             lines.append(f"| {r['caption']} | {r.get('val_loss', float('nan')):.3f} | "
@@ -728,7 +738,8 @@ def _main(args, argv):
                "stacks": run.results["stacks"], "cnn": run.results["cnn"],
                "cae": run.results["cae"], "figures": sorted(set(run.figures))}
     write_json(os.path.join(out, "results.json"), results)
-    md = results_markdown(cfg, rows, run.results["fig1"], len(run.test_x), backend_desc, wall)
+    md = results_markdown(cfg, rows, run.results["fig1"], len(run.test_x), backend_desc, wall,
+                          run.results["cnn"])
     from .train import _atomic_write_text
     _atomic_write_text(os.path.join(out, "results.md"), md)
     print()
