@@ -31,7 +31,6 @@ Tests never download: the network is reached only through the module attribute `
 """
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import hashlib
 import io
@@ -336,8 +335,8 @@ def _bad(spec, path, what):
 
 
 def _read_checked(spec, path):
-    """Read ``path``; md5-check it; returns the raw bytes (md5 mismatch raises after a parse
-    attempt in the caller so that truncated/corrupt files get the more precise message)."""
+    """The bytes of ``path`` and whether their md5 is an accepted one. The caller parses before it
+    reports a wrong md5, so that a truncated or corrupt file gets the more precise message."""
     try:
         raw = path.read_bytes()
     except OSError as e:
@@ -429,7 +428,7 @@ def _cifar_batch(spec, path, raw):
 
 
 def _cifar_sources(spec, d):
-    """(folder holding the batch files, or None) and the archive path."""
+    """The folder that holds all the batch files (``d`` or ``d/cifar-10-batches-py``), or None."""
     for sub in (d, d / CIFAR_DIR):
         if all((sub / f).is_file() for f in spec.file_names):
             return sub
@@ -538,6 +537,10 @@ def load_dataset(name, data_dir=None, download=True) -> Dataset:
     """
     spec = _spec(name)
     d = resolve_data_dir(name, data_dir)
+    if data_dir is not None:
+        given = pathlib.Path(data_dir).expanduser()
+        if d not in (given, given / name):
+            print(f"scae-np: no {name} files in {given}; using {d}", file=sys.stderr, flush=True)
     _ensure_files(spec, d, download, data_dir)
     loader = _load_idx if spec.kind == "idx" else _load_cifar
     x_tr, y_tr, x_te, y_te, classes = loader(spec, d)

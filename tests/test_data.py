@@ -128,31 +128,34 @@ def test_lookup_order_data_dir_then_env_then_cache_then_debian(monkeypatch, tmp_
     accept(monkeypatch, "fashion-mnist", *sets.values())
     monkeypatch.setenv(D.ENV_VAR, str(tmp_path / "env"))
 
-    def first_label_pixels(**kw):
+    def first_pixels(**kw):
         return load_dataset("fashion-mnist", download=False, **kw).train_x[0, 0, 0, :4] * 255
 
     def expected(k):
         return sets[k][IDX[0]][0][0, 0, :4]
 
     assert resolve_data_dir("fashion-mnist", tmp_path / "arg") == tmp_path / "arg"
-    np.testing.assert_array_equal(first_label_pixels(data_dir=tmp_path / "arg"), expected("arg"))
+    np.testing.assert_array_equal(first_pixels(data_dir=tmp_path / "arg"), expected("arg"))
     assert resolve_data_dir("fashion-mnist") == tmp_path / "env"
-    np.testing.assert_array_equal(first_label_pixels(), expected("env"))
+    np.testing.assert_array_equal(first_pixels(), expected("env"))
     monkeypatch.delenv(D.ENV_VAR)
     assert resolve_data_dir("fashion-mnist") == tmp_path / "cache/scae-np/fashion-mnist"
-    np.testing.assert_array_equal(first_label_pixels(), expected("cache/scae-np/fashion-mnist"))
+    np.testing.assert_array_equal(first_pixels(), expected("cache/scae-np/fashion-mnist"))
     for f in IDX:
         (tmp_path / "cache/scae-np/fashion-mnist" / f).unlink()
     assert resolve_data_dir("fashion-mnist") == tmp_path / "debian-fashion"
-    np.testing.assert_array_equal(first_label_pixels(), expected("debian-fashion"))
+    np.testing.assert_array_equal(first_pixels(), expected("debian-fashion"))
 
 
-def test_empty_data_dir_falls_through_to_the_next_place(monkeypatch, tmp_path):
+def test_empty_data_dir_falls_through_to_the_next_place(monkeypatch, tmp_path, capsys):
     files = write_idx_set(tmp_path / "envroot" / "mnist", seed=3)
     accept(monkeypatch, "mnist", files)
     (tmp_path / "empty").mkdir()
     monkeypatch.setenv(D.ENV_VAR, str(tmp_path / "envroot"))
     assert resolve_data_dir("mnist", tmp_path / "empty") == tmp_path / "envroot" / "mnist"
+    load_dataset("mnist", tmp_path / "empty", download=False)
+    assert f"no mnist files in {tmp_path / 'empty'}; using {tmp_path / 'envroot' / 'mnist'}" \
+        in capsys.readouterr().err
 
 
 def test_missing_data_dir_or_env_folder_is_an_error(monkeypatch, tmp_path):
@@ -509,6 +512,19 @@ def test_split_errors():
 
 
 # ------------------------------------------------------------------------------ the real MNIST
+
+REAL_DEBIAN_FASHION = D.DEBIAN_FASHION_DIR      # before the autouse fixture hides it
+
+
+@pytest.mark.skipif(not (REAL_DEBIAN_FASHION / IDX[0]).is_file(),
+                    reason="Fashion-MNIST not installed (apt-get install -y dataset-fashion-mnist)")
+def test_real_debian_fashion_mnist():
+    ds = load_dataset("fashion-mnist", REAL_DEBIAN_FASHION, download=False)
+    assert ds.train_x.shape == (60000, 1, 28, 28) and ds.test_x.shape == (10000, 1, 28, 28)
+    assert np.bincount(ds.train_y).tolist() == [6000] * 10
+    assert np.bincount(ds.test_y).tolist() == [1000] * 10
+    assert ds.train_y[:4].tolist() == [9, 0, 0, 3]
+
 
 REAL_MNIST_MD5 = {"train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
                   "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",

@@ -72,9 +72,8 @@ def test_filter_grid_png(tmp_path):
 
 
 def test_filter_grid_rgb_is_coloured(tmp_path):
-    w = np.zeros((4, 3, 5, 5))
-    w[:, 0] = 1.0                                   # pure red filters
-    w[:, :, 0, 0] = -1.0                            # one black pixel so the range is not flat
+    w = -np.ones((4, 3, 5, 5))
+    w[:, 0] = 1.0                                   # red channel at the top of each filter's range
     img = read_png(F.filter_grid(w, tmp_path / "rgb.png"))
     rgb = img[..., :3]
     red = (rgb[..., 0] > 0.9) & (rgb[..., 1] < 0.1) & (rgb[..., 2] < 0.1)
