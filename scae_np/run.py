@@ -13,6 +13,13 @@ Experiments (``--experiment``):
 ``cae``      one CAE (``--maps``/``--kernel``/``--pool``/``--noise`` via the ``--cae-*`` options).
 ``cnn``      one CNN (``--init random|cae``) at the first of ``--sizes``.
 
+Typical full-protocol commands (MNIST in ``../shared/data/mnist``)::
+
+    python -m scae_np.run mnist -e fig1 --data-dir ../shared/data/mnist --out runs/fig1
+    python -m scae_np.run mnist -e table --data-dir ../shared/data/mnist --sizes 1000,10000 \
+        --seeds 0,1,2 --out runs/table1           # add --backend cupy on a GPU
+    python -m scae_np.run mnist -e table --out runs/table1 --resume    # after a kill
+
 Every run writes a folder (``--out``): ``config.json``, ``metrics.jsonl`` (one line per stage
 epoch), ``results.json`` + ``results.md`` (our table beside the paper's), PNG figures,
 ``checkpoints/`` (resumable, see :mod:`scae_np.train`) and ``weights/`` (plain ``.npz``).
