@@ -665,6 +665,12 @@ def _main(args, argv):
                             f"{args.dataset}")
         for k in RUNTIME_KEYS:
             cfg[k] = getattr(args, k, None)
+        # where the data is and which backend ran: the saved ones unless given again
+        was = saved.get("runtime", {})
+        if cfg["data_dir"] is None:
+            cfg["data_dir"] = was.get("data_dir")
+        if cfg["backend"] is None and was.get("backend"):
+            cfg["backend"], cfg["emulate"] = was["backend"], bool(was.get("emulate"))
         out = args.out
     else:
         cfg = resolve_config(args)
@@ -697,6 +703,8 @@ def _main(args, argv):
     config_doc = {
         "config": {k: v for k, v in cfg.items() if k not in RUNTIME_KEYS or k == "backend"},
         "command": "python -m scae_np.run " + " ".join(argv),
+        "runtime": {"data_dir": os.path.abspath(cfg["data_dir"]) if cfg["data_dir"] else None,
+                    "backend": be.name, "emulate": bool(getattr(be, "emulated", False))},
         "backend": backend_desc,
         "versions": {"python": platform.python_version(), "numpy": np.__version__},
         "machine": {"platform": platform.platform(), "processor": platform.processor(),

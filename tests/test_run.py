@@ -176,8 +176,8 @@ def test_same_seed_same_numbers_and_resume_equals_uninterrupted(tiny, tmp_path, 
     rc, _, err = run_main(capsys, "mnist", "--data-dir", tiny, "--out", cut, "--resume",
                           "--stop-after-epochs", "4", "--no-progress")
     assert rc == 3
-    rc, stdout, err = run_main(capsys, "mnist", "--data-dir", tiny, "--out", cut, "--resume",
-                               "--no-progress")
+    rc, stdout, err = run_main(capsys, "mnist", "--out", cut, "--resume", "--no-progress")
+    # (the data folder and the backend come from the saved config.json)
     assert rc == 0, err
     assert "done in an earlier run" in stdout
     a = json.loads((full / "results.json").read_text())
