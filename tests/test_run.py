@@ -190,6 +190,39 @@ def test_same_seed_same_numbers_and_resume_equals_uninterrupted(tiny, tmp_path, 
             np.testing.assert_array_equal(wa[k], wb[k], err_msg=f"{w.name}:{k}")
 
 
+def test_cifar10_pipeline_end_to_end(tmp_path, monkeypatch, capsys):
+    """Three input maps: RGB filters, the 3-channel CAE, the CNN on 32x32 images."""
+    import pickle
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "cifar"
+    folder.mkdir()
+    md5s, per_batch, n_test = {}, 12, 10
+    batches = {f"data_batch_{i}": per_batch for i in range(1, 6)}
+    batches["test_batch"] = n_test
+    for name, n in batches.items():
+        obj = {"labels": [int(v) for v in np.arange(n) % 10],
+               "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8)}
+        b = pickle.dumps(obj, protocol=2)
+        (folder / name).write_bytes(b)
+        md5s[name] = hashlib.md5(b).hexdigest()
+    b = pickle.dumps({"label_names": list(D.SPECS["cifar10"].classes)}, protocol=2)
+    (folder / "batches.meta").write_bytes(b)
+    md5s["batches.meta"] = hashlib.md5(b).hexdigest()
+    spec = D.SPECS["cifar10"]
+    monkeypatch.setitem(D.SPECS, "cifar10", dataclasses.replace(
+        spec, files=tuple((f, (md5s[f],)) for f in spec.file_names), n_train=5 * per_batch,
+        n_test=n_test))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    argv = [a if a != "12" else "10" for a in TINY]          # --val-images 10 of 60 images
+    rc, stdout, err = run_main(capsys, "cifar10", "--data-dir", folder, "--out", out, *argv)
+    assert rc == 0, err
+    assert "Table 2 (CIFAR-10)" in stdout and "| 30 |" in stdout
+    with np.load(out / "weights" / "cnn-cae-n30-s0.npz") as z:
+        assert z["conv1.W"].shape == (4, 3, 5, 5) and z["fc1.W"].shape == (8, 6 * 3 * 3)
+    assert (out / "figures" / "fig1_filters.png").exists()
+
+
 # ------------------------------------------------------------------------- bad input
 def _fails(capsys, *argv, match):
     with pytest.raises(SystemExit) as e:     # argparse errors
