@@ -151,6 +151,11 @@ class _SimRuntime:
         return np.zeros(shape, dtype=dtype)
 
     def launch(self, kernel, grid, block, args, shared=0):
+        # The simulator copies every array argument back to its host array after the launch,
+        # inputs included; a read-only input (a slice of a read-only dataset, say) would make
+        # that copy fail. Inputs are never written by our kernels, so a private copy is safe.
+        args = [a.copy() if isinstance(a, np.ndarray) and not a.flags.writeable else a
+                for a in args]
         with sim_switch_interval():
             kernel[grid, block, 0, shared](*args)
 

@@ -121,3 +121,30 @@ def test_this_process_mode_and_switch_interval():
     be.conv2d_backward_bias(np.ones((1, 2, 3, 3), np.float32), version="naive")
     assert sys.getswitchinterval() == before
     assert re.match(r"<NumbaBackend 'numba', emulated>", repr(be))
+
+
+def test_read_only_inputs_work_in_the_simulator():
+    """The simulator writes array arguments back after a launch; read-only inputs (dataset
+    slices are read-only) must still work, and stay unchanged."""
+    import subprocess
+    import sys
+    import textwrap
+    code = textwrap.dedent("""
+        import numpy as np, kernels
+        be = kernels.get_backend("numba", emulate=True)
+        x = np.arange(2 * 1 * 5 * 5, dtype=np.float32).reshape(2, 1, 5, 5)
+        w = np.ones((2, 1, 3, 3), np.float32); b = np.zeros(2, np.float32)
+        for a in (x, w, b):
+            a.flags.writeable = False
+        y = be.conv2d_forward(x, w, b)
+        ref = kernels.get_backend("numpy").conv2d_forward(x.copy(), w.copy(), b.copy())
+        assert np.allclose(y, ref), (y, ref)
+        p, s = be.maxpool2d_forward(x, 2)
+        assert p.shape == (2, 1, 2, 2)
+        print("ok")
+    """)
+    env = dict(__import__("os").environ, NUMBA_ENABLE_CUDASIM="1")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "ok" in out.stdout
