@@ -355,7 +355,14 @@ def make_splits(labels, n_val, sizes, n_cae, seed):
         rest = np.setdiff1d(np.arange(n), val)
         train = {}
         for s in sorted(set(sizes)):
-            t, _ = split_indices(labels[rest], s, 0, seed)
+            try:
+                t, _ = split_indices(labels[rest], s, 0, seed)
+            except ValueError:
+                # A class-balanced subset this large does not exist (MNIST's rarest class,
+                # 5, has 5421 training images: 50k balanced would need 5000 per class after
+                # the validation split). Take a random subset of the remaining images, which
+                # keeps the training set's own class frequencies, as the paper's 50k did.
+                t, _ = split_indices(labels[rest], s, 0, seed, balanced=False)
             train[s] = rest[t]
     except ValueError as e:
         raise UserError(f"cannot split the training set: {e}") from None

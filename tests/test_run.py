@@ -394,3 +394,20 @@ def test_the_module_entry_points(tmp_path):
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "is not a folder" in p.stderr
     assert "Traceback" not in p.stderr and "no effect" not in p.stderr
+
+
+def test_make_splits_paper_sizes_with_a_rare_class():
+    """MNIST's class 5 is too rare for a balanced 50k subset: small sizes stay balanced, the
+    largest falls back to the training set's own frequencies; validation stays disjoint."""
+    import numpy as np
+    from scae_np.run import make_splits
+    counts = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]   # MNIST train
+    labels = np.repeat(np.arange(10), counts)
+    np.random.default_rng(0).shuffle(labels)
+    val, train, cae = make_splits(labels, 5000, [1000, 10000, 50000], 10000, seed=0)
+    assert {k: len(v) for k, v in train.items()} == {1000: 1000, 10000: 10000, 50000: 50000}
+    assert (np.bincount(labels[train[1000]], minlength=10) == 100).all()
+    assert (np.bincount(labels[train[10000]], minlength=10) == 1000).all()
+    for idx in train.values():
+        assert len(np.intersect1d(idx, val)) == 0
+    assert len(np.intersect1d(cae, val)) == 0
