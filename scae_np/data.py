@@ -46,6 +46,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._atomic import atomic_open
+
 __all__ = ["DATASETS", "DataError", "Dataset", "load_dataset", "resolve_data_dir", "split_indices",
            "ENV_VAR"]
 
@@ -264,26 +266,14 @@ def _searched(name, data_dir):
 
 def _download(url, dest, md5s):
     """Stream ``url`` into a temporary file beside ``dest``, check its md5, rename it into place."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + dest.name + ".", suffix=".part", dir=dest.parent)
     h = hashlib.md5()
-    try:
-        with os.fdopen(fd, "wb") as out, _urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as resp:
-            for chunk in iter(lambda: resp.read(1 << 20), b""):
-                h.update(chunk)
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
+    with atomic_open(dest) as out, _urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as resp:
+        for chunk in iter(lambda: resp.read(1 << 20), b""):
+            h.update(chunk)
+            out.write(chunk)
         got = h.hexdigest()
-        if got not in md5s:
+        if got not in md5s:   # raising inside the block discards the temporary file
             raise DataError(f"downloaded {url} but its md5 is {got}, expected {md5s[0]}")
-        u = os.umask(0o022)
-        os.umask(u)
-        os.chmod(tmp, 0o666 & ~u)                 # mkstemp makes 0600; give it the usual mode
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _fetch_file(spec, fname, dest_dir, md5s, urls):

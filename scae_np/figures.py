@@ -14,13 +14,14 @@ the path as a :class:`pathlib.Path`. pyplot is not used, so nothing global is to
 from __future__ import annotations
 
 import math
-import os
 import pathlib
-import tempfile
 
 import numpy as np
+
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from ._atomic import atomic_open
 
 __all__ = ["filter_grid", "filter_figure", "reconstructions", "learning_curves", "filter_mosaic"]
 
@@ -35,25 +36,12 @@ def _host(a):
     return np.asarray(a, dtype=np.float64)
 
 
-def _umask():
-    u = os.umask(0o022)
-    os.umask(u)
-    return u
-
-
 def _save(fig, path):
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=DPI)
-        os.chmod(tmp, 0o666 & ~_umask())          # mkstemp makes 0600; give it the usual mode
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_open(path) as f:
+        fig.savefig(f, format="png", dpi=DPI)
     return path
 
 

@@ -26,10 +26,10 @@ quarter of the tanh work. Flatten order is NCHW (C-order), as ``torch.flatten(x,
 """
 from __future__ import annotations
 
-import os
-import tempfile
 
 import numpy as np
+
+from ._atomic import atomic_open
 
 from .layers import (Conv2D, Dense, MaxPool2D, ScaledTanh, half_squared_error, logistic_,
                      scaled_tanh_grad_from_output, sgd_update, softmax_cross_entropy,
@@ -55,20 +55,8 @@ def _as_int_tuple(name, v, n=None):
 
 def save_npz(path, arrays):
     """Write a dict of NumPy arrays as a plain .npz, atomically (temp file + os.replace)."""
-    path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=d)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path) as f:
+        np.savez(f, **arrays)
 
 
 def load_npz(path):

@@ -25,12 +25,13 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 import zlib
 from dataclasses import dataclass
 
 import numpy as np
+
+from ._atomic import atomic_open
 
 from .models import load_npz, save_npz
 
@@ -64,19 +65,8 @@ def stage_seed(seed, name):
 
 
 def _atomic_write_text(path, text):
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=d)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "w") as f:
+        f.write(text)
 
 
 def write_json(path, obj):
