@@ -1,0 +1,756 @@
+"""``python -m scae_np.run DATASET``: the paper's experiments on the hand-written kernels.
+
+Experiments (``--experiment``):
+
+``default``  a short but real version of the whole pipeline (the default): the four Fig. 1
+             CAEs (20 filters 7x7: plain, 50% noise, 2x2 max-pooling, pooling + 30% noise)
+             on a few thousand images, a 3-layer CAE stack, and the paper's CNN trained from
+             random initialisation and from the stack on 1,000 images, tested on the whole
+             test set; ends by printing our errors beside the paper's.
+``fig1``     the four Fig. 1 CAEs and their filter images (full-size defaults).
+``table``    Table 1/2: the CNN from random init vs from the CAE stack, for every training-set
+             size in ``--sizes`` and seed in ``--seeds``.
+``cae``      one CAE (``--maps``/``--kernel``/``--pool``/``--noise`` via the ``--cae-*`` options).
+``cnn``      one CNN (``--init random|cae``) at the first of ``--sizes``.
+
+Every run writes a folder (``--out``): ``config.json``, ``metrics.jsonl`` (one line per stage
+epoch), ``results.json`` + ``results.md`` (our table beside the paper's), PNG figures,
+``checkpoints/`` (resumable, see :mod:`scae_np.train`) and ``weights/`` (plain ``.npz``).
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+
+def _early_threads(argv):
+    """Apply ``--threads N`` before NumPy (and its BLAS) is imported: the thread count of
+    OpenBLAS/MKL/OpenMP is fixed when the library loads."""
+    n = None
+    for i, a in enumerate(argv):
+        if a == "--threads" and i + 1 < len(argv):
+            n = argv[i + 1]
+        elif a.startswith("--threads="):
+            n = a.split("=", 1)[1]
+    if n is not None and n.isdigit() and int(n) > 0:
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                    "NUMBA_NUM_THREADS"):
+            os.environ[var] = n
+        return "numpy" not in sys.modules
+    return None
+
+
+_THREADS_APPLIED = None          # True: --threads applied before NumPy loaded
+if __name__ == "__main__":
+    _THREADS_APPLIED = _early_threads(sys.argv[1:])
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+#: Test error (%) of the paper's CNN, from our memory of Masci et al. 2011, Tables 1 and 2 --
+#: NOT copied from the paper; check the paper before quoting them.
+PAPER = {
+    "mnist": {"title": "Table 1 (MNIST)",
+              1000: {"random": 7.63, "cae": 7.23},
+              10000: {"random": 2.21, "cae": 1.88},
+              50000: {"random": 0.79, "cae": 0.71}},
+    "cifar10": {"title": "Table 2 (CIFAR-10)",
+                1000: {"random": 55.52, "cae": 52.30},
+                10000: {"random": 35.23, "cae": 34.35},
+                50000: {"random": 22.50, "cae": 21.80}},
+}
+PAPER_NOTE = ("The paper's numbers are quoted from memory of Masci et al., ICANN 2011 "
+              "(Tables 1 and 2), not copied from the paper: check them there before citing.")
+
+EXPERIMENTS = ("default", "fig1", "table", "cae", "cnn")
+FIG1_VARIANTS = (            # (stage name, caption, pool, noise)
+    ("plain", "plain CAE", 1, 0.0),
+    ("noise50", "50% binomial noise", 1, 0.5),
+    ("pool", "2x2 max-pooling", 2, 0.0),
+    ("pool-noise30", "2x2 max-pooling + 30% noise", 2, 0.3),
+)
+
+# Settings a run may take from the command line; None in the presets = "not used".
+# 'default' is the quick preset; the others use the full-protocol preset.
+QUICK = dict(
+    seeds=[0], sizes=[1000], val_images=1000, test_images=None,
+    maps=[100, 150, 200], kernels=[5, 5, 3], hidden=300,
+    epochs=8, lr=0.02, momentum=0.9, lr_decay=0.9, batch_size=16, patience=0,
+    cae_images=2000, cae_epochs=1, cae_lr=0.005, cae_momentum=0.9, cae_batch_size=16,
+    cae_noise=0.0, cae_maps=20, cae_kernel=7, cae_pool=2,
+    fig_images=3000, fig_epochs=1, init="cae",
+)
+FULL = dict(
+    seeds=[0, 1, 2], sizes=[1000, 10000, 50000], val_images=5000, test_images=None,
+    maps=[100, 150, 200], kernels=[5, 5, 3], hidden=300,
+    epochs=30, lr=0.02, momentum=0.9, lr_decay=0.95, batch_size=16, patience=8,
+    cae_images=10000, cae_epochs=5, cae_lr=0.005, cae_momentum=0.9, cae_batch_size=16,
+    cae_noise=0.0, cae_maps=20, cae_kernel=7, cae_pool=2,
+    fig_images=50000, fig_epochs=5, init="cae",
+)
+# Options that belong to the machine running the command, not to the experiment: on --resume
+# they are taken from the command line; everything else comes from the saved config.json.
+RUNTIME_KEYS = ("backend", "emulate", "data_dir", "no_download", "threads", "progress",
+                "stop_after_epochs", "eval_batch_size", "out", "resume")
+
+
+class UserError(Exception):
+    """A problem with the command line or the environment; printed without a traceback."""
+
+
+# ------------------------------------------------------------------------------ parsing
+def _int_list(s):
+    try:
+        v = [int(t) for t in str(s).replace(" ", "").split(",") if t != ""]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from None
+    if not v:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return v
+
+
+def _positive_int(s):
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
+    return v
+
+
+def _nonneg_int(s):
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}")
+    return v
+
+
+def _float(s):
+    try:
+        return float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+
+
+def build_parser():
+    from .data import DATASETS
+    p = argparse.ArgumentParser(
+        prog="python -m scae_np.run",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Stacked convolutional auto-encoders (Masci et al., ICANN 2011) and the CNN they\n"
+            "initialise, trained with this project's hand-written kernels.\n\n"
+            "With only a dataset it runs a short but real version of the whole pipeline\n"
+            "(Fig. 1 CAEs, a CAE stack, CNN random vs CAE-init on 1,000 images; a few minutes\n"
+            "on a 2-core CPU) and prints our test errors beside the paper's.\n"
+            "Options left out take the experiment's preset: quick ones for 'default', the\n"
+            "full protocol for the others (shown as 'quick / full')."),
+        epilog=(
+            "examples:\n"
+            "  python -m scae_np.run mnist --data-dir ../shared/data/mnist\n"
+            "  python -m scae_np.run mnist -e fig1 --fig-images 60000 --fig-epochs 5\n"
+            "  python -m scae_np.run mnist -e table --sizes 1000,10000 --seeds 0,1,2 --backend cupy\n"
+            "  python -m scae_np.run mnist -e table --out runs/t1 --resume   # continue a run\n\n"
+            "exit status: 0 done, 1 training failed (e.g. diverged), 2 bad input (options, data,\n"
+            "backend), 3 stopped by --stop-after-epochs (continue with --resume).\n\n"
+            + PAPER_NOTE))
+    q, f = QUICK, FULL
+
+    def both(k):
+        a, b = q[k], f[k]
+        fmt = lambda v: ",".join(map(str, v)) if isinstance(v, list) else str(v)
+        return f"{fmt(a)} / {fmt(b)}"
+
+    p.add_argument("dataset", choices=DATASETS, metavar="DATASET",
+                   help=f"one of {', '.join(DATASETS)}")
+    g = p.add_argument_group("what to run")
+    g.add_argument("-e", "--experiment", choices=EXPERIMENTS, default="default",
+                   help="default: the short whole pipeline; fig1: the four Fig. 1 CAEs; table: "
+                        "Table 1/2 CNN random vs CAE-init; cae: one CAE; cnn: one CNN "
+                        "(default: %(default)s)")
+    g.add_argument("--backend", choices=("numpy", "cupy", "numba"), default=None,
+                   help="kernels to run on (default: cupy, else numba, when a GPU works here; "
+                        "numpy otherwise)")
+    g.add_argument("--emulate", action="store_true",
+                   help="run the cupy or numba backend without a GPU (cupy: the CUDA C kernels "
+                        "in the CPU emulator; numba: numba's CUDA simulator); slow, for tests")
+    g.add_argument("--threads", type=_positive_int, default=None,
+                   help="CPU threads for BLAS/OpenMP (default: the libraries' own choice)")
+    g.add_argument("--seeds", type=_int_list, default=None,
+                   help=f"comma-separated seeds; one table row per seed, the first one for "
+                        f"fig1/cae/cnn (default: {both('seeds')})")
+
+    g = p.add_argument_group("data")
+    g.add_argument("--data-dir", default=None,
+                   help="folder holding the dataset files (or a folder with a DATASET/ subfolder); "
+                        "default: $SCAE_NP_DATA_DIR, then the user cache")
+    g.add_argument("--no-download", action="store_true",
+                   help="never download missing files; stop with a message instead")
+    g.add_argument("--sizes", type=_int_list, default=None,
+                   help=f"training-set sizes for the CNN (class-balanced subsets) "
+                        f"(default: {both('sizes')})")
+    g.add_argument("--val-images", type=_nonneg_int, default=None,
+                   help=f"validation images, taken from the training images not used for "
+                        f"training (never the test set); used for early stopping and model "
+                        f"choice (default: {both('val_images')})")
+    g.add_argument("--test-images", type=_positive_int, default=None,
+                   help="evaluate on the first N test images only (default: the whole test "
+                        "set, as the paper)")
+
+    g = p.add_argument_group("CNN (Table 1/2)")
+    g.add_argument("--maps", type=_int_list, default=None,
+                   help=f"maps of the convolutions, also the CAE stack's (default: "
+                        f"{both('maps')})")
+    g.add_argument("--kernels", type=_int_list, default=None,
+                   help=f"kernel sizes of the convolutions (default: {both('kernels')})")
+    g.add_argument("--hidden", type=_nonneg_int, default=None,
+                   help=f"units of the fully connected layer, 0 for none (default: "
+                        f"{both('hidden')})")
+    g.add_argument("--init", choices=("random", "cae"), default=None,
+                   help="initialisation for the 'cnn' experiment (default: cae)")
+    g.add_argument("--epochs", type=_nonneg_int, default=None,
+                   help=f"CNN epochs (default: {both('epochs')})")
+    g.add_argument("--lr", type=_float, default=None,
+                   help=f"CNN learning rate (default: {both('lr')})")
+    g.add_argument("--momentum", type=_float, default=None,
+                   help=f"CNN momentum, 0 for plain SGD (default: {both('momentum')})")
+    g.add_argument("--lr-decay", type=_float, default=None,
+                   help=f"CNN learning rate multiplied by this after every epoch (default: "
+                        f"{both('lr_decay')})")
+    g.add_argument("--batch-size", type=_positive_int, default=None,
+                   help=f"CNN mini-batch size, 1 for on-line SGD (default: {both('batch_size')})")
+    g.add_argument("--patience", type=_nonneg_int, default=None,
+                   help=f"early stopping: stop after this many epochs without a better "
+                        f"validation error, 0 for never; the best epoch's weights are kept "
+                        f"either way (default: {both('patience')})")
+
+    g = p.add_argument_group("CAEs (stack, fig1, cae)")
+    g.add_argument("--cae-images", type=_positive_int, default=None,
+                   help=f"training images (labels unused) for each CAE of the stack and for "
+                        f"the 'cae' experiment (default: {both('cae_images')})")
+    g.add_argument("--cae-epochs", type=_nonneg_int, default=None,
+                   help=f"epochs per CAE of the stack / 'cae' experiment (default: "
+                        f"{both('cae_epochs')})")
+    g.add_argument("--cae-lr", type=_float, default=None,
+                   help=f"CAE learning rate (default: {both('cae_lr')})")
+    g.add_argument("--cae-momentum", type=_float, default=None,
+                   help=f"CAE momentum (default: {both('cae_momentum')})")
+    g.add_argument("--cae-batch-size", type=_positive_int, default=None,
+                   help=f"CAE mini-batch size, 1 for on-line (default: "
+                        f"{both('cae_batch_size')})")
+    g.add_argument("--cae-noise", type=_float, default=None,
+                   help=f"share of input pixels zeroed (binomial noise) for the stack's CAEs and "
+                        f"the 'cae' experiment (default: {both('cae_noise')})")
+    g.add_argument("--cae-maps", type=_positive_int, default=None,
+                   help=f"filters of the 'cae' experiment and of the Fig. 1 CAEs (default: "
+                        f"{both('cae_maps')})")
+    g.add_argument("--cae-kernel", type=_positive_int, default=None,
+                   help=f"filter size of the 'cae' experiment and of the Fig. 1 CAEs "
+                        f"(default: {both('cae_kernel')})")
+    g.add_argument("--cae-pool", type=_positive_int, default=None,
+                   help=f"max-pooling of the 'cae' experiment, 1 for none (default: "
+                        f"{both('cae_pool')})")
+    g.add_argument("--fig-images", type=_positive_int, default=None,
+                   help=f"training images for each Fig. 1 CAE (default: {both('fig_images')})")
+    g.add_argument("--fig-epochs", type=_nonneg_int, default=None,
+                   help=f"epochs for each Fig. 1 CAE (default: {both('fig_epochs')})")
+
+    g = p.add_argument_group("output")
+    g.add_argument("--out", default=None,
+                   help="output folder (default: runs/DATASET-EXPERIMENT-<date-time>)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in --out from its checkpoints, with its "
+                        "saved config.json (backend/threads/data options from this command)")
+    g.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bars (the one-line epoch summaries stay)")
+    g.add_argument("--eval-batch-size", type=_positive_int, default=256,
+                   help="batch size for evaluation and encoding (default: %(default)s)")
+    g.add_argument("--stop-after-epochs", type=_positive_int, default=None,
+                   help="testing aid: stop (exit status 3) after N training epochs in this "
+                        "process, as if killed right after a checkpoint")
+    return p
+
+
+def resolve_config(args):
+    """The experiment's settings: its preset overlaid with the options given."""
+    preset = QUICK if args.experiment == "default" else FULL
+    cfg = {"dataset": args.dataset, "experiment": args.experiment}
+    for k, v in preset.items():
+        given = getattr(args, k, None)
+        cfg[k] = list(v) if isinstance(v, list) and given is None else (v if given is None
+                                                                        else given)
+    if args.dataset == "cifar10" and args.sizes is None and args.experiment != "default":
+        cfg["sizes"] = [1000, 10000, 45000]     # 50,000 training images leave no validation
+    for k in RUNTIME_KEYS:
+        cfg[k] = getattr(args, k, None)
+    return cfg
+
+
+def validate_config(cfg):
+    def bad(msg):
+        raise UserError(msg)
+    if len(cfg["maps"]) != len(cfg["kernels"]):
+        bad(f"--maps has {len(cfg['maps'])} entries but --kernels has {len(cfg['kernels'])}; "
+            f"give one kernel size per convolution")
+    if any(m < 1 for m in cfg["maps"]) or any(k < 1 for k in cfg["kernels"]):
+        bad("--maps and --kernels must be positive")
+    if any(s < 1 for s in cfg["sizes"]):
+        bad(f"--sizes must be positive, got {cfg['sizes']}")
+    for k in ("lr", "cae_lr"):
+        if not cfg[k] > 0:
+            bad(f"--{k.replace('_', '-')} must be > 0, got {cfg[k]}")
+    for k in ("momentum", "cae_momentum"):
+        if not 0 <= cfg[k] < 1:
+            bad(f"--{k.replace('_', '-')} must be in [0, 1), got {cfg[k]}")
+    if not 0 < cfg["lr_decay"] <= 1:
+        bad(f"--lr-decay must be in (0, 1], got {cfg['lr_decay']}")
+    if not 0 <= cfg["cae_noise"] < 1:
+        bad(f"--cae-noise must be a share of pixels in [0, 1), got {cfg['cae_noise']}")
+    if cfg["emulate"] and cfg["backend"] not in ("cupy", "numba"):
+        bad("--emulate runs a GPU backend without a GPU: use it with --backend cupy or "
+            "--backend numba")
+    if len(set(cfg["seeds"])) != len(cfg["seeds"]):
+        bad(f"--seeds has duplicates: {cfg['seeds']}")
+
+
+# ------------------------------------------------------------------------------ backend
+def pick_backend(name, emulate):
+    """The backend asked for, or the first GPU backend that works, else NumPy."""
+    from kernels import BackendUnavailableError, get_backend
+    if name is not None:
+        if name == "numba" and emulate and "numba" not in sys.modules:
+            os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+        try:
+            return get_backend(name, emulate=emulate), None
+        except BackendUnavailableError as e:
+            raise UserError(f"the {name} backend is not available here: {e}") from None
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    why = {}
+    for cand in ("cupy", "numba"):
+        try:
+            return get_backend(cand), None
+        except BackendUnavailableError as e:
+            why[cand] = str(e)
+        except Exception as e:  # noqa: BLE001 - a broken GPU stack must not stop a CPU run
+            why[cand] = f"{type(e).__name__}: {e}"
+    return get_backend("numpy"), why
+
+
+# ------------------------------------------------------------------------------ splits
+def make_splits(labels, n_val, sizes, n_cae, seed):
+    """Validation indices (the same for every size), class-balanced training subsets of every
+    size (nested: a smaller one is inside a larger one) and the CAE training images (labels
+    unused), all from the training set minus the validation images."""
+    from .data import split_indices
+    labels = np.asarray(labels)
+    n = len(labels)
+    biggest = max(sizes) if sizes else 0
+    if n_val + biggest > n:
+        raise UserError(f"--val-images {n_val} + the largest of --sizes {biggest} = "
+                        f"{n_val + biggest} is more than the {n} training images; use smaller "
+                        f"sizes or fewer validation images")
+    try:
+        _, val = split_indices(labels, 0, n_val, seed)
+        rest = np.setdiff1d(np.arange(n), val)
+        train = {}
+        for s in sorted(set(sizes)):
+            t, _ = split_indices(labels[rest], s, 0, seed)
+            train[s] = rest[t]
+    except ValueError as e:
+        raise UserError(f"cannot split the training set: {e}") from None
+    cae = np.sort(np.random.default_rng([seed, 7]).permutation(rest)[:min(n_cae, len(rest))])
+    return val, train, cae
+
+
+# ------------------------------------------------------------------------------ the run
+class Run:
+    def __init__(self, cfg, backend, ds, out, trainer):
+        self.cfg, self.be, self.ds, self.out, self.trainer = cfg, backend, ds, out, trainer
+        self.results = {"fig1": {}, "stacks": {}, "cnn": {}, "cae": {}}
+        self.figures = []
+        self.in_channels = ds.train_x.shape[1]
+        self.input_hw = tuple(ds.train_x.shape[2:])
+        self.n_classes = len(ds.classes)
+        n_test = cfg["test_images"] or len(ds.test_x)
+        self.test_x, self.test_y = ds.test_x[:n_test], ds.test_y[:n_test]
+
+    def echo(self, msg):
+        self.trainer.echo(msg)
+
+    def check(self):
+        """Fail on impossible settings before any training: the splits of every seed and the
+        CNN's shapes."""
+        from .models import CNN
+        c = self.cfg
+        if c["experiment"] in ("default", "table", "cnn"):
+            sizes = c["sizes"] if c["experiment"] != "cnn" else c["sizes"][:1]
+            for seed in c["seeds"]:
+                make_splits(self.ds.train_y, c["val_images"], sizes, c["cae_images"], seed)
+            CNN(self.be, self.in_channels, self.input_hw, self.n_classes, c["maps"],
+                c["kernels"], self._cnn_pools(), c["hidden"], seed=0)
+        else:
+            make_splits(self.ds.train_y, c["val_images"], [], 0, c["seeds"][0])
+
+    def fig_path(self, name):
+        os.makedirs(os.path.join(self.out, "figures"), exist_ok=True)
+        p = os.path.join(self.out, "figures", name)
+        self.figures.append(os.path.relpath(p, self.out))
+        return p
+
+    def _curves(self, stage):
+        from . import figures
+        recs = [{k: r[k] for k in ("epoch", "train_loss", "val_loss", "val_error") if k in r}
+                for r in self.trainer.log.records() if r.get("stage") == stage]
+        if recs:
+            figures.learning_curves(recs, self.fig_path(f"curves_{stage}.png"), title=stage)
+
+    def cae_sgd(self, epochs=None):
+        from .train import SGD
+        c = self.cfg
+        return SGD(lr=c["cae_lr"], epochs=c["cae_epochs"] if epochs is None else epochs,
+                   batch_size=c["cae_batch_size"], momentum=c["cae_momentum"])
+
+    def cnn_sgd(self):
+        from .train import SGD
+        c = self.cfg
+        return SGD(lr=c["lr"], epochs=c["epochs"], batch_size=c["batch_size"],
+                   momentum=c["momentum"], lr_decay=c["lr_decay"], patience=c["patience"])
+
+    # ------------------------------------------------------------------ one CAE
+    def train_cae(self, stage, cae, x, x_val, epochs=None, seed=0):
+        be = self.be
+
+        def final(model):
+            from .train import evaluate_reconstruction
+            out = {}
+            if len(x_val):
+                out["val_loss"], out["val_mse"] = evaluate_reconstruction(
+                    be, model, x_val, self.cfg["eval_batch_size"])
+            return out
+        res = self.trainer.fit(stage, cae, "cae", x, None, self.cae_sgd(epochs), seed,
+                               x_val=x_val, final_eval=final, info={"images": len(x)})
+        return res
+
+    def cae_figures(self, stage, cae, x_show, caption):
+        from . import figures
+        be = self.be
+        figures.filter_grid(cae.filters(), self.fig_path(f"filters_{stage}.png"), title=caption)
+        if x_show is not None and cae.in_channels == self.in_channels:
+            r = be.to_host(cae.reconstruct(be.to_device(x_show)))
+            figures.reconstructions(x_show, np.asarray(r),
+                                    self.fig_path(f"reconstructions_{stage}.png"),
+                                    title=f"{caption}: inputs (top), reconstructions (bottom)")
+        self._curves(stage)
+
+    # ------------------------------------------------------------------ fig1
+    def fig1(self, seed):
+        from . import figures
+        from .models import CAE
+        c, ds = self.cfg, self.ds
+        val, _, _ = make_splits(ds.train_y, c["val_images"], [], 0, seed)
+        rest = np.setdiff1d(np.arange(len(ds.train_y)), val)
+        idx = np.sort(np.random.default_rng([seed, 11]).permutation(rest)[:c["fig_images"]])
+        x, x_val = ds.train_x[idx], ds.train_x[val[:1000]]
+        panels = []
+        for name, caption, pool, noise in FIG1_VARIANTS:
+            stage = f"fig1-{name}"
+            cae = CAE(self.be, self.in_channels, c["cae_maps"], c["cae_kernel"], pool, noise,
+                      seed=[seed, 1, len(panels)])
+            self.echo(f"== {stage}: {cae.describe()}, {len(x)} images, "
+                      f"{c['fig_epochs']} epoch(s)")
+            res = self.trainer.load_done(stage, cae) or self.train_cae(
+                stage, cae, x, x_val, epochs=c["fig_epochs"], seed=seed)
+            res = dict(res, caption=caption, pool=pool, noise=noise)
+            self.results["fig1"][name] = res
+            panels.append((caption, cae.filters()))
+            self.cae_figures(stage, cae, ds.train_x[val[:10]], caption)
+        figures.filter_figure(panels, self.fig_path("fig1_filters.png"),
+                              title=f"{c['cae_maps']} filters {c['cae_kernel']}x"
+                                    f"{c['cae_kernel']} of four CAEs ({self.ds.name}, "
+                                    f"cf. Fig. 1 of Masci et al. 2011)")
+
+    # ------------------------------------------------------------------ cae
+    def single_cae(self, seed):
+        from .models import CAE
+        c, ds = self.cfg, self.ds
+        val, _, cae_idx = make_splits(ds.train_y, c["val_images"], [], c["cae_images"], seed)
+        cae = CAE(self.be, self.in_channels, c["cae_maps"], c["cae_kernel"], c["cae_pool"],
+                  c["cae_noise"], seed=[seed, 2])
+        self.echo(f"== cae: {cae.describe()}, {len(cae_idx)} images")
+        stage = "cae"
+        res = self.trainer.load_done(stage, cae) or self.train_cae(
+            stage, cae, ds.train_x[cae_idx], ds.train_x[val[:1000]], seed=seed)
+        self.results["cae"] = res
+        self.cae_figures(stage, cae, ds.train_x[val[:10]], cae.describe())
+
+    # ------------------------------------------------------------------ stack
+    def stack(self, seed, cae_idx, val):
+        """Train (or load) the CAE stack of this seed, greedily, layer by layer."""
+        from .models import CAEStack, CNN
+        from .train import encode_batches
+        c, be, ds = self.cfg, self.be, self.ds
+        probe = CNN(be, self.in_channels, self.input_hw, self.n_classes, c["maps"],
+                    c["kernels"], self._cnn_pools(), c["hidden"], seed=0)
+        last_hw = probe.shapes[-1][1:]
+        pools = list(self._cnn_pools()[:-1]) + [2 if min(last_hw) >= 2 else 1]
+        stack = CAEStack(be, self.in_channels, c["maps"], c["kernels"], pools,
+                         noise=c["cae_noise"], seed=seed)
+        x, x_val = ds.train_x[cae_idx], ds.train_x[val[:1000]]
+        res_all = []
+        for i, cae in enumerate(stack.caes):
+            stage = f"stack-s{seed}-cae{i + 1}"
+            self.echo(f"== {stage}: {cae.describe()} on {tuple(x.shape[1:])} inputs, "
+                      f"{len(x)} images")
+            res = self.trainer.load_done(stage, cae) or self.train_cae(stage, cae, x, x_val,
+                                                                       seed=seed)
+            res_all.append(res)
+            if i == 0:
+                self.cae_figures(stage, cae, ds.train_x[val[:10]], f"{stage}: {cae.describe()}")
+            else:
+                self._curves(stage)
+            if i + 1 < len(stack.caes):
+                enc = cae.encode
+                x = encode_batches(be, enc, x, c["eval_batch_size"])
+                x_val = encode_batches(be, enc, x_val, c["eval_batch_size"])
+        self.results["stacks"][str(seed)] = res_all
+        return stack
+
+    def _cnn_pools(self):
+        n = len(self.cfg["maps"])
+        return [2] * (n - 1) + [1] if n > 1 else [1]
+
+    # ------------------------------------------------------------------ cnn
+    def cnn(self, seed, size, init, train_idx, val, stack=None):
+        from .models import CNN
+        from .train import evaluate_classifier
+        c, be, ds = self.cfg, self.be, self.ds
+        cnn = CNN(be, self.in_channels, self.input_hw, self.n_classes, c["maps"], c["kernels"],
+                  self._cnn_pools(), c["hidden"], seed=[seed, size])
+        if stack is not None:
+            cnn.init_from_caes(stack)
+        stage = f"cnn-{init}-n{size}-s{seed}"
+        self.echo(f"== {stage}: {cnn.describe()}, {init} init, {size} training images")
+
+        def final(model):
+            loss, err = evaluate_classifier(be, model, self.test_x, self.test_y,
+                                            c["eval_batch_size"])
+            return {"test_loss": loss, "test_error": err, "test_images": len(self.test_x)}
+        res = self.trainer.load_done(stage, cnn) or self.trainer.fit(
+            stage, cnn, "cnn", ds.train_x[train_idx], ds.train_y[train_idx], self.cnn_sgd(),
+            seed, x_val=ds.train_x[val], y_val=ds.train_y[val], final_eval=final,
+            info={"init": init, "size": size, "seed": seed})
+        res = dict(res, init=init, size=size, seed=seed)
+        self.results["cnn"][stage] = res
+        self._curves(stage)
+        self.echo(f"[{stage}] test error {res['test_error']:.2f}% on {res['test_images']} "
+                  f"test images (best epoch {res['best_epoch']})")
+        return res
+
+    def table(self, seeds, inits=("random", "cae"), sizes=None):
+        c, ds = self.cfg, self.ds
+        sizes = c["sizes"] if sizes is None else sizes
+        for seed in seeds:
+            val, train, cae_idx = make_splits(ds.train_y, c["val_images"], sizes,
+                                              c["cae_images"], seed)
+            stack = self.stack(seed, cae_idx, val) if "cae" in inits else None
+            for size in sizes:
+                for init in inits:
+                    self.cnn(seed, size, init, train[size], val,
+                             stack if init == "cae" else None)
+
+    # ------------------------------------------------------------------ results
+    def table_rows(self):
+        rows = []
+        paper = PAPER.get(self.ds.name, {})
+        for size in self.cfg["sizes"]:
+            row = {"size": size}
+            for init in ("random", "cae"):
+                errs = [r["test_error"] for r in self.results["cnn"].values()
+                        if r["size"] == size and r["init"] == init]
+                if errs:
+                    row[init] = {"mean": float(np.mean(errs)),
+                                 "std": float(np.std(errs, ddof=1)) if len(errs) > 1 else 0.0,
+                                 "n": len(errs), "errors": errs}
+                row[f"paper_{init}"] = paper.get(size, {}).get(init)
+            if "random" in row or "cae" in row:
+                rows.append(row)
+        return rows
+
+
+def _fmt_err(cell):
+    if not cell:
+        return "—"
+    if cell["n"] > 1:
+        return f"{cell['mean']:.2f} ± {cell['std']:.2f} (n={cell['n']})"
+    return f"{cell['mean']:.2f}"
+
+
+def _fmt_paper(v):
+    return "—" if v is None else f"{v:.2f}"
+
+
+def results_markdown(cfg, rows, fig1, n_test, backend_desc, wall):
+    lines = [f"# scae-np results: {cfg['dataset']}, experiment `{cfg['experiment']}`", ""]
+    lines.append(f"Backend: {backend_desc}. Wall time: {wall:.0f} s.")
+    lines.append("")
+    if rows:
+        title = PAPER.get(cfg["dataset"], {}).get("title", "no paper table for this dataset")
+        lines += [f"## Test error (%) of the CNN, ours beside the paper's ({title})", "",
+                  "| training images | ours: random init | ours: CAE init | paper: random init "
+                  "| paper: CAE init |", "|---:|---:|---:|---:|---:|"]
+        for r in rows:
+            lines.append(f"| {r['size']} | {_fmt_err(r.get('random'))} | "
+                         f"{_fmt_err(r.get('cae'))} | {_fmt_paper(r['paper_random'])} | "
+                         f"{_fmt_paper(r['paper_cae'])} |")
+        lines += ["", f"Ours: test error on {n_test} test images, mean ± sample standard "
+                      f"deviation over seeds; CNN {cfg['epochs']} epochs max, lr {cfg['lr']}, "
+                      f"momentum {cfg['momentum']}, batch {cfg['batch_size']}, validation "
+                      f"{cfg['val_images']} training images. {PAPER_NOTE}", ""]
+    if fig1:
+        lines += ["## Fig. 1 CAEs", "", "| CAE | validation loss (half squared error / image) "
+                  "| MSE / pixel |", "|---|---:|---:|"]
+        for name, r in fig1.items():
+            lines.append(f"| {r['caption']} | {r.get('val_loss', float('nan')):.3f} | "
+                         f"{r.get('val_mse', float('nan')):.5f} |")
+        lines += ["", "Filters: `figures/fig1_filters.png`.", ""]
+    return "\n".join(lines) + "\n"
+
+
+def _describe_backend(be):
+    s = be.name + (" (emulated)" if getattr(be, "emulated", False) else "")
+    return s
+
+
+# ------------------------------------------------------------------------------ main
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)          # exits 2 with a message on bad options
+    try:
+        return _main(args, argv)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _main(args, argv):
+    from kernels import BackendUnavailableError
+    from .data import DataError, load_dataset
+    from .train import Interrupted, Trainer, TrainingError, write_json
+
+    t_start = time.time()
+    if args.resume:
+        if not args.out:
+            raise UserError("--resume needs --out: the folder of the run to continue")
+        cfg_path = os.path.join(args.out, "config.json")
+        if not os.path.exists(cfg_path):
+            raise UserError(f"--resume: {cfg_path} does not exist; nothing to continue "
+                            f"(leave out --resume to start a new run there)")
+        with open(cfg_path) as f:
+            saved = json.load(f)
+        cfg = dict(saved["config"])
+        if cfg["dataset"] != args.dataset:
+            raise UserError(f"--resume: the run in {args.out} is on {cfg['dataset']}, not "
+                            f"{args.dataset}")
+        for k in RUNTIME_KEYS:
+            cfg[k] = getattr(args, k, None)
+        out = args.out
+    else:
+        cfg = resolve_config(args)
+        out = args.out or os.path.join(
+            "runs", f"{args.dataset}-{args.experiment}-{time.strftime('%Y%m%d-%H%M%S')}")
+        if os.path.exists(os.path.join(out, "config.json")):
+            raise UserError(f"{out} already holds a run (config.json); continue it with "
+                            f"--resume, or choose another --out")
+    validate_config(cfg)
+
+    be, why = pick_backend(cfg["backend"], cfg["emulate"])
+    backend_desc = _describe_backend(be)
+    if why:
+        backend_desc += " (no GPU backend: " + "; ".join(f"{k}: {v}" for k, v in why.items()) + ")"
+    print(f"scae-np: {cfg['dataset']}, experiment {cfg['experiment']}, backend {backend_desc}",
+          flush=True)
+    if args.threads and not _THREADS_APPLIED:
+        print("note: --threads came after NumPy was loaded; it has no effect in this process",
+              file=sys.stderr)
+
+    try:
+        ds = load_dataset(cfg["dataset"], data_dir=cfg["data_dir"],
+                          download=not cfg["no_download"])
+    except DataError as e:
+        raise UserError(str(e)) from None
+    print(f"data: {ds.name}: {len(ds.train_x)} training, {len(ds.test_x)} test images "
+          f"{tuple(ds.train_x.shape[1:])}", flush=True)
+
+    os.makedirs(out, exist_ok=True)
+    config_doc = {
+        "config": {k: v for k, v in cfg.items() if k not in RUNTIME_KEYS or k == "backend"},
+        "command": "python -m scae_np.run " + " ".join(argv),
+        "backend": backend_desc,
+        "versions": {"python": platform.python_version(), "numpy": np.__version__},
+        "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                    "cpus": os.cpu_count()},
+    }
+    if not args.resume:
+        write_json(os.path.join(out, "config.json"), config_doc)
+    print(f"output: {out}", flush=True)
+
+    trainer = Trainer(be, out, progress=cfg["progress"], resume=bool(args.resume),
+                      stop_after_epochs=cfg["stop_after_epochs"],
+                      eval_batch=cfg["eval_batch_size"])
+    run = Run(cfg, be, ds, out, trainer)
+    seeds = cfg["seeds"]
+    try:
+        run.check()
+        exp = cfg["experiment"]
+        if exp in ("default", "fig1"):
+            run.fig1(seeds[0])
+        if exp == "cae":
+            run.single_cae(seeds[0])
+        if exp in ("default", "table"):
+            run.table(seeds)
+        if exp == "cnn":
+            run.table(seeds[:1], inits=(cfg["init"],), sizes=cfg["sizes"][:1])
+    except ValueError as e:        # a model that cannot be built with these options
+        raise UserError(str(e)) from None
+    except Interrupted as e:
+        print(f"{e}; continue with:  python -m scae_np.run {cfg['dataset']} --out {out} "
+              f"--resume", file=sys.stderr)
+        return 3
+    except TrainingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except BackendUnavailableError as e:
+        raise UserError(str(e)) from None
+
+    wall = time.time() - t_start
+    rows = run.table_rows()
+    results = {"dataset": cfg["dataset"], "experiment": cfg["experiment"],
+               "backend": backend_desc, "wall_time_s": round(wall, 1),
+               "table": rows, "paper": {str(k): v for k, v in
+                                        PAPER.get(cfg["dataset"], {}).items()},
+               "paper_note": PAPER_NOTE, "fig1": run.results["fig1"],
+               "stacks": run.results["stacks"], "cnn": run.results["cnn"],
+               "cae": run.results["cae"], "figures": sorted(set(run.figures))}
+    write_json(os.path.join(out, "results.json"), results)
+    md = results_markdown(cfg, rows, run.results["fig1"], len(run.test_x), backend_desc, wall)
+    from .train import _atomic_write_text
+    _atomic_write_text(os.path.join(out, "results.md"), md)
+    print()
+    print(md)
+    print(f"wrote {out}/results.md, results.json, metrics.jsonl, figures/ "
+          f"({len(set(run.figures))} PNG), weights/, checkpoints/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
