@@ -46,3 +46,24 @@ def test_conv2d(benchmark, op, L, imp):
 @pytest.mark.parametrize("op,L,imp", _params(TINY, naive=True))
 def test_conv2d_tiny(benchmark, op, L, imp):
     _bench(benchmark, op, L, imp)
+
+
+def test_roof_sgemm(benchmark):
+    """The CPU's measured GEMM roof: NumPy float32 matmul 2048^3 on BLAS's threads (the
+    '% of peak' of CPU convolutions is relative to this; validated against float64)."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    n = 2048
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    c = np.empty((n, n), dtype=np.float32)
+    ref = a[:64].astype(np.float64) @ b.astype(np.float64)
+    np.matmul(a, b, out=c)
+    assert np.abs(c[:64] - ref).max() <= 1e-3 * np.abs(ref).max()
+    benchmark.group = "roof: NumPy sgemm 2048^3 (BLAS)"
+    benchmark.extra_info.update(kind="roof", op="roof_sgemm", layer="roof", shape="2048^3",
+                                impl="numpy/sgemm", backend="numpy", version="blas",
+                                device="cpu", flop=2 * n ** 3, bytes=3 * n * n * 4,
+                                metric="GFLOP/s", peer=False)
+    imp = bl.Impl("numpy/sgemm", "numpy", "blas", "cpu")
+    bl.run_timed(benchmark, lambda: np.matmul(a, b, out=c), imp, budget=1.0)

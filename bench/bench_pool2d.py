@@ -46,3 +46,21 @@ def test_pool2d(benchmark, op, L, imp):
 @pytest.mark.parametrize("op,L,imp", _params(TINY, naive=True))
 def test_pool2d_tiny(benchmark, op, L, imp):
     _bench(benchmark, op, L, imp)
+
+
+def test_roof_copy(benchmark):
+    """The CPU's measured memory roof: np.copyto of 256 MB float32 (read + write), one
+    thread as NumPy runs it (the '% of peak' of CPU pooling is relative to this)."""
+    import numpy as np
+    n = 64 * 1024 * 1024
+    src = np.arange(n, dtype=np.float32)
+    dst = np.empty_like(src)
+    np.copyto(dst, src)
+    assert np.array_equal(dst[::4097], src[::4097])
+    benchmark.group = "roof: np.copyto 256 MB"
+    benchmark.extra_info.update(kind="roof", op="roof_copy", layer="roof", shape="256 MB",
+                                impl="numpy/copyto", backend="numpy", version="copy",
+                                device="cpu", flop=0, bytes=2 * n * 4, metric="GB/s",
+                                peer=False)
+    imp = bl.Impl("numpy/copyto", "numpy", "copy", "cpu")
+    bl.run_timed(benchmark, lambda: np.copyto(dst, src), imp, budget=0.5)

@@ -22,15 +22,18 @@ DEFAULT_JSON = os.path.join(HERE, "results", "local", "benchmark.json")
 _START = {}
 
 
-def pytest_configure(config):
-    if not config.getoption("benchmark_only", default=False):
-        return
+@pytest.fixture(scope="session", autouse=True)
+def _benchmark_session_setup(request):
+    """Default JSON path, start date/load, torch threads: before the first benchmark."""
+    config = request.config
+    _START.setdefault("load", benchlib.loadavg())
+    _START.setdefault("date", datetime.datetime.now(datetime.timezone.utc)
+                      .isoformat(timespec="seconds"))
     bs = getattr(config, "_benchmarksession", None)
-    if bs is not None and not bs.json and not bs.save and not bs.autosave:
+    if (config.getoption("benchmark_only", default=False) and bs is not None
+            and not bs.json and not bs.save and not bs.autosave):
         os.makedirs(os.path.dirname(DEFAULT_JSON), exist_ok=True)
         bs.json = open(DEFAULT_JSON, "wb")
-    _START["load"] = benchlib.loadavg()
-    _START["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     benchlib.torch_module()          # sets torch's threads before anything is timed
 
 
