@@ -1,0 +1,232 @@
+// conv2d_backward_weight.cu -- gradients of a convolution w.r.t. its weights and its bias
+// (CUDA C, float32).
+//
+// Computes   dw[f,c,p,q] = sum_{n,i,j} dy[n,f,i,j] * x[n,c,i+p,j+q]      -> dw (F,C,KH,KW)
+//            db[f]       = sum_{n,i,j} dy[n,f,i,j]                        -> db (F,)
+//   x (N,C,H,W), dy (N,F,OH,OW), KH = H-OH+1, KW = W-OW+1.
+// Both are reductions over R = N*OH*OW positions (n, i, j) -- long sums (R = 57,600 for the
+// paper's first MNIST layer at batch 100) into few outputs, so the question here is how to
+// split a reduction, and whether the result may depend on thread timing.
+// Reference: conv2d_backward_{weight,bias}_naive in kernels/conv2d/numpy_ops.py. Launch code:
+// kernels/cupy_backend.py.
+//
+// Weight-gradient versions (ladder order; each one line):
+//   naive          one thread per dw element, looping over all (n, i, j) in order:
+//                  deterministic, but only F*C*KH*KW threads (2,500 for layer 1) each doing a
+//                  long serial sum.
+//   atomic         one thread per (dw element, chunk of 256 consecutive (n,i,j) positions):
+//                  R/256 times more threads, each adds its partial sum into a zeroed dw with
+//                  atomicAdd. Fast, but the order of the float additions depends on timing:
+//                  NOT bitwise reproducible from run to run.
+//   reduce         T threads per dw element (T = a power of two <= 32, about R/8, so no thread
+//                  idles when R is small) and 256/T elements per 256-thread block; each thread
+//                  sums every T-th (n,i,j), then a fixed shared-memory tree adds the T partial
+//                  sums: deterministic (same bits every run) and up to 32x more parallel than naive.
+//   implicit_gemm  dw as a GEMM: M = F, N = C*KH*KW, K = R = N*OH*OW. 64x64 tile of dw per
+//                  256-thread block, a 4x4 register block per thread, the whole K walked by the
+//                  block in steps of 8 through shared memory (no split across blocks, so no
+//                  atomics): deterministic and the most arithmetic per byte loaded.
+// Bias-gradient versions:
+//   naive          one thread per f, serial sum over (n, i, j): deterministic.
+//   reduce         one 256-thread block per f, strided partial sums then a shared-memory tree:
+//                  deterministic, 256x more parallel.
+
+typedef float real;
+
+#define WGRAD_CHUNK 256        // atomic: (n,i,j) positions summed by one thread
+#define WGRAD_RED_BLOCK 256    // reduce: threads per block (T per element, 256/T elements)
+#define BGRAD_THREADS 256      // bias reduce: threads per block (a power of two)
+#define GEMM_BM 64
+#define GEMM_BN 64
+#define GEMM_BK 8
+#define GEMM_PAD 4
+
+// dy[n,f,i,j] * x[n,c,i+p,j+q] for reduction position r = (n, i, j) -- shared by the
+// naive, atomic and reduce versions.
+__device__ __forceinline__ real wgrad_term(const real* __restrict__ x,
+                                           const real* __restrict__ dy, int r, int f, int c,
+                                           int p, int q, int C, int H, int W, int F, int OH,
+                                           int OW) {
+    const int n = r / (OH * OW), s = r % (OH * OW);
+    const int i = s / OW, j = s % OW;
+    return dy[((size_t)n * F + f) * OH * OW + s] * x[(((size_t)n * C + c) * H + i + p) * W + j + q];
+}
+
+// ---------------------------------------------------------------------------------- naive
+// grid (ceil(F*C*KH*KW / 256)), block (256). Thread e -> dw.flat[e].
+extern "C" __global__ void conv2d_backward_weight_naive(real* __restrict__ dw,
+                                                        const real* __restrict__ x,
+                                                        const real* __restrict__ dy, int N,
+                                                        int C, int H, int W, int F, int OH,
+                                                        int OW) {
+    const int KH = H - OH + 1, KW = W - OW + 1;
+    const int e = blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= F * C * KH * KW) return;
+    const int q = e % KW, p = (e / KW) % KH, c = (e / (KW * KH)) % C, f = e / (KW * KH * C);
+    real acc = 0;
+    for (int r = 0; r < N * OH * OW; ++r) acc += wgrad_term(x, dy, r, f, c, p, q, C, H, W, F, OH, OW);
+    dw[e] = acc;
+}
+
+// --------------------------------------------------------------------------------- atomic
+// dw must be zero before the launch. grid (ceil(E * nchunks / 256)), block (256) with
+// E = F*C*KH*KW, nchunks = ceil(N*OH*OW / 256). Thread idx -> element e = idx % E (consecutive
+// threads: consecutive q, so x reads are contiguous), chunk idx / E of the (n,i,j) positions.
+extern "C" __global__ void conv2d_backward_weight_atomic(real* __restrict__ dw,
+                                                         const real* __restrict__ x,
+                                                         const real* __restrict__ dy, int N,
+                                                         int C, int H, int W, int F, int OH,
+                                                         int OW) {
+    const int KH = H - OH + 1, KW = W - OW + 1;
+    const int E = F * C * KH * KW, R = N * OH * OW;
+    const int nchunks = (R + WGRAD_CHUNK - 1) / WGRAD_CHUNK;
+    const int idx = blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= E * nchunks) return;
+    const int e = idx % E, chunk = idx / E;
+    const int q = e % KW, p = (e / KW) % KH, c = (e / (KW * KH)) % C, f = e / (KW * KH * C);
+    const int r1 = min(R, (chunk + 1) * WGRAD_CHUNK);
+    real acc = 0;
+    for (int r = chunk * WGRAD_CHUNK; r < r1; ++r)
+        acc += wgrad_term(x, dy, r, f, c, p, q, C, H, W, F, OH, OW);
+    atomicAdd(&dw[e], acc);
+}
+
+// --------------------------------------------------------------------------------- reduce
+// grid (ceil(E / (256/T))), block (T, 256/T), T = blockDim.x a power of two <= 32.
+// Thread (tx, ty) of block b works on element e = b*blockDim.y + ty, summing positions
+// r = tx, tx+T, ...; then the T partial sums of e are added pairwise in a fixed tree
+// (T/2, T/4, ..., 1 apart) and thread tx = 0 writes dw[e].
+extern "C" __global__ void conv2d_backward_weight_reduce(real* __restrict__ dw,
+                                                         const real* __restrict__ x,
+                                                         const real* __restrict__ dy, int N,
+                                                         int C, int H, int W, int F, int OH,
+                                                         int OW) {
+    __shared__ real part[WGRAD_RED_BLOCK];
+    const int KH = H - OH + 1, KW = W - OW + 1;
+    const int E = F * C * KH * KW, R = N * OH * OW;
+    const int T = blockDim.x, tx = threadIdx.x, ty = threadIdx.y;
+    const int e = blockIdx.x * blockDim.y + ty;
+    real acc = 0;
+    if (e < E) {
+        const int q = e % KW, p = (e / KW) % KH, c = (e / (KW * KH)) % C, f = e / (KW * KH * C);
+        for (int r = tx; r < R; r += T)
+            acc += wgrad_term(x, dy, r, f, c, p, q, C, H, W, F, OH, OW);
+    }
+    real* mine = part + ty * T;
+    mine[tx] = acc;
+    __syncthreads();
+    for (int stride = T / 2; stride > 0; stride >>= 1) {
+        if (tx < stride) mine[tx] += mine[tx + stride];
+        __syncthreads();   // every thread reaches it: the loop bound is uniform
+    }
+    if (tx == 0 && e < E) dw[e] = mine[0];
+}
+
+// -------------------------------------------------------------------------- implicit_gemm
+// grid (ceil(F / 64), ceil(C*KH*KW / 64)), block (256).
+// Thread t, tx = t % 16, ty = t / 16, of block (bf, bk) computes the 4x4 outputs
+//   f = bf*64 + ty + 16*s,  k = bk*64 + tx + 16*r  (k = (c, p, q): consecutive tx write
+//   consecutive dw addresses).
+// The block walks all R positions; A[f, r] = dy[n,f,i,j], B[r, k] = x[n,c,i+p,j+q].
+extern "C" __global__ void conv2d_backward_weight_implicit_gemm(real* __restrict__ dw,
+                                                                const real* __restrict__ x,
+                                                                const real* __restrict__ dy,
+                                                                int N, int C, int H, int W,
+                                                                int F, int OH, int OW) {
+    __shared__ real As[GEMM_BK][GEMM_BM + GEMM_PAD];   // [r][f]
+    __shared__ real Bs[GEMM_BK][GEMM_BN];              // [r][k]
+    const int KH = H - OH + 1, KW = W - OW + 1, KK = KH * KW, OHW = OH * OW;
+    const int KC = C * KK, R = N * OHW;
+    const int t = threadIdx.x, tx = t % 16, ty = t / 16;
+    const int f0 = blockIdx.x * GEMM_BM, k0c = blockIdx.y * GEMM_BN;
+
+    // A loader: As[t%8][t/8 + 32u] = dy[n, f, s] -- 8 threads read 8 consecutive r of a row.
+    const int a_r = t % GEMM_BK, a_f = t / GEMM_BK;
+    // B loader: Bs[t/64 + 4u][t%64] = x[n, c, i+p, j+q] -- fixed k = (c, p, q) per thread.
+    const int b_k = k0c + t % GEMM_BN, b_r = t / GEMM_BN;
+    const bool b_ok = b_k < KC;
+    int b_koff = 0;
+    if (b_ok) {
+        const int c = b_k / KK, pq = b_k % KK;
+        b_koff = c * H * W + (pq / KW) * W + pq % KW;
+    }
+
+    real acc[4][4];   // [s: f][r: k]
+    for (int s = 0; s < 4; ++s)
+        for (int r = 0; r < 4; ++r) acc[s][r] = 0;
+
+    for (int r0 = 0; r0 < R; r0 += GEMM_BK) {
+        for (int u = 0; u < 2; ++u) {
+            const int ra = r0 + a_r, fa = f0 + a_f + 32 * u;
+            real va = 0;
+            if (ra < R && fa < F) {
+                const int n = ra / OHW, s = ra % OHW;
+                va = dy[((size_t)n * F + fa) * OHW + s];
+            }
+            As[a_r][a_f + 32 * u] = va;
+            const int rb = r0 + b_r + 4 * u;
+            real vb = 0;
+            if (rb < R && b_ok) {
+                const int n = rb / OHW, s = rb % OHW;
+                vb = x[(size_t)n * C * H * W + (s / OW) * W + s % OW + b_koff];
+            }
+            Bs[b_r + 4 * u][t % GEMM_BN] = vb;
+        }
+        __syncthreads();
+        for (int kk = 0; kk < GEMM_BK; ++kk) {
+            real a[4], bv[4];
+            for (int s = 0; s < 4; ++s) a[s] = As[kk][ty + 16 * s];
+            for (int r = 0; r < 4; ++r) bv[r] = Bs[kk][tx + 16 * r];
+            for (int s = 0; s < 4; ++s)
+                for (int r = 0; r < 4; ++r) acc[s][r] += a[s] * bv[r];
+        }
+        __syncthreads();
+    }
+    for (int s = 0; s < 4; ++s) {
+        const int f = f0 + ty + 16 * s;
+        if (f >= F) continue;
+        for (int r = 0; r < 4; ++r) {
+            const int k = k0c + tx + 16 * r;
+            if (k < KC) dw[(size_t)f * KC + k] = acc[s][r];
+        }
+    }
+}
+
+// ============================================================================ bias: naive
+// grid (ceil(F / 256)), block (256). Thread f -> db[f].
+extern "C" __global__ void conv2d_backward_bias_naive(real* __restrict__ db,
+                                                      const real* __restrict__ dy, int N, int F,
+                                                      int OH, int OW) {
+    const int f = blockIdx.x * blockDim.x + threadIdx.x;
+    if (f >= F) return;
+    const int OHW = OH * OW;
+    real acc = 0;
+    for (int n = 0; n < N; ++n) {
+        const real* d = dy + ((size_t)n * F + f) * OHW;
+        for (int s = 0; s < OHW; ++s) acc += d[s];
+    }
+    db[f] = acc;
+}
+
+// =========================================================================== bias: reduce
+// grid (F), block (256). Block f: thread t sums positions r = t, t+256, ... (consecutive
+// threads read consecutive addresses of one plane), then a fixed tree halves the 256 partial
+// sums 8 times; thread 0 writes db[f].
+extern "C" __global__ void conv2d_backward_bias_reduce(real* __restrict__ db,
+                                                       const real* __restrict__ dy, int N,
+                                                       int F, int OH, int OW) {
+    __shared__ real part[BGRAD_THREADS];
+    const int f = blockIdx.x, t = threadIdx.x, OHW = OH * OW;
+    real acc = 0;
+    for (int r = t; r < N * OHW; r += BGRAD_THREADS) {
+        const int n = r / OHW, s = r % OHW;
+        acc += dy[((size_t)n * F + f) * OHW + s];
+    }
+    part[t] = acc;
+    __syncthreads();
+    for (int stride = BGRAD_THREADS / 2; stride > 0; stride >>= 1) {
+        if (t < stride) part[t] += part[t + stride];
+        __syncthreads();
+    }
+    if (t == 0) db[f] = part[0];
+}

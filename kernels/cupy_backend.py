@@ -1,0 +1,337 @@
+"""The ``cupy`` backend: the CUDA C kernels of ``kernels/conv2d/*.cu`` and ``kernels/pool2d/*.cu``,
+compiled by NVRTC through ``cupy.RawModule`` -- or, with ``emulate=True``, the very same files
+compiled by g++ and run by the CPU emulator (``kernels/emulator``) on NumPy arrays.
+
+Every op below computes its launch geometry (grid, block, arguments, dynamic shared memory)
+once and hands it to :meth:`CupyBackend._launch`, the only place that knows whether the kernel
+runs on a GPU or in the emulator; so the emulator tests exercise exactly the launches a GPU
+would get. Scalars are passed as explicit ``numpy.int32`` (a Python int would not say its size).
+
+GPU backends compute in float32 only (``dtypes``); float64 input gets a TypeError that says
+to convert. Each op keeps all its versions selectable by name (``be.versions(op)``).
+
+Defaults (``_DEFAULTS``) are the versions expected to be fastest on a GPU, judged from the
+kernels' design (no GPU was available when they were written: memory traffic, parallelism and
+arithmetic intensity, see each .cu header). ``bench/`` measures them on a real device.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .backend import Backend, BackendUnavailableError
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+#: source file of each op (paths relative to kernels/)
+SOURCES = {
+    "conv2d_forward": "conv2d/conv2d_forward.cu",
+    "conv2d_backward_input": "conv2d/conv2d_backward_input.cu",
+    "conv2d_backward_weight": "conv2d/conv2d_backward_weight.cu",
+    "conv2d_backward_bias": "conv2d/conv2d_backward_weight.cu",
+    "maxpool2d_forward": "pool2d/maxpool2d.cu",
+    "maxpool2d_backward": "pool2d/maxpool2d.cu",
+    "unpool2d_forward": "pool2d/unpool2d.cu",
+    "unpool2d_backward": "pool2d/unpool2d.cu",
+}
+
+#: versions per op, ladder order (naive first); the kernel is ``<op>_<version>``
+VERSIONS = {
+    "conv2d_forward": ("naive", "tiled", "implicit_gemm"),
+    "conv2d_backward_input": ("naive", "tiled", "implicit_gemm"),
+    "conv2d_backward_weight": ("naive", "atomic", "reduce", "implicit_gemm"),
+    "conv2d_backward_bias": ("naive", "reduce"),
+    "maxpool2d_forward": ("naive",),
+    "maxpool2d_backward": ("naive", "gather"),
+    "unpool2d_forward": ("naive", "gather"),
+    "unpool2d_backward": ("naive",),
+}
+
+# Not measured here (no GPU on the machine that wrote them); judged from the designs:
+# implicit GEMMs do 4x4 register-blocked FMAs per shared-memory load and read each input once
+# per 64-wide tile; the gather versions write every output once, coalesced, with no memset;
+# the bias reduce uses F blocks of 256 threads instead of F threads.
+_DEFAULTS = {
+    "conv2d_forward": "implicit_gemm",
+    "conv2d_backward_input": "implicit_gemm",
+    "conv2d_backward_weight": "implicit_gemm",
+    "conv2d_backward_bias": "reduce",
+    "maxpool2d_forward": "naive",
+    "maxpool2d_backward": "gather",
+    "unpool2d_forward": "gather",
+    "unpool2d_backward": "naive",
+}
+
+# Launch constants; they must match the #defines in the .cu files.
+THREADS = 256          # 1-D kernels
+CONV_TILE = 16         # tiled versions: 16x16 outputs per block
+GEMM_BM = GEMM_BN = 64 # implicit GEMM tile
+WGRAD_CHUNK = 256      # weight-gradient atomic: (n,i,j) positions per thread
+WGRAD_RED_BLOCK = 256  # weight-gradient reduce: threads per block (T per dw element)
+GRID_YZ_MAX = 65535
+INT32_MAX = 2**31 - 1
+
+i32 = np.int32
+
+
+def _cdiv(a, b):
+    return -(-a // b)
+
+
+def _check_int32(**sizes):
+    """The kernels index with int: refuse sizes that would overflow rather than corrupt memory."""
+    for name, size in sizes.items():
+        if size > INT32_MAX:
+            raise ValueError(
+                f"{name} has {size} elements, more than the kernels' int32 indexing allows "
+                f"({INT32_MAX}); split the batch into smaller ones")
+
+
+def _wgrad_reduce_threads(r):
+    """Threads per dw element of the reduce version: a power of two <= 32, about r/8 (each
+    thread then sums about 8 terms before the tree), so small reductions leave no thread idle."""
+    t = 1
+    while t < 32 and t * 8 < r:
+        t *= 2
+    return t
+
+
+def _batch_chunks(n, per_sample):
+    """Batch slices whose grid.z = (samples in slice) * per_sample stays <= 65535."""
+    step = max(1, GRID_YZ_MAX // per_sample)
+    if per_sample > GRID_YZ_MAX:
+        raise ValueError(f"{per_sample} planes per sample exceed CUDA's grid.z limit "
+                         f"{GRID_YZ_MAX}; use the naive or implicit_gemm version")
+    return [(s, min(n, s + step)) for s in range(0, n, step)]
+
+
+def _pool_k_range(hw, ohw):
+    """Every window size k with H//k == OH and W//k == OW (the backward ops are not told k)."""
+    (h, w), (oh, ow) = hw, ohw
+    kmin = max(h // (oh + 1) + 1, w // (ow + 1) + 1)
+    kmax = min(h // oh, w // ow)
+    return kmin, kmax
+
+
+class CupyBackend(Backend):
+    name = "cupy"
+    dtypes = (np.dtype(np.float32),)
+
+    def __init__(self, emulate=False, asan=None):
+        super().__init__()
+        self.emulated = bool(emulate)
+        self._modules = {}
+        if self.emulated:
+            from . import emulator
+            if not emulator.gxx_available():
+                raise BackendUnavailableError(
+                    "the cupy backend's CPU emulator needs g++ (>= 12, C++20) to compile the .cu "
+                    "files, and none was found; install g++ or use get_backend('numpy')")
+            self._emu = emulator
+            self._asan = asan
+            self.xp = np
+            self.array_types = (np.ndarray,)
+            self.move_hint = ("the emulated cupy backend computes on NumPy arrays: convert it "
+                              "with numpy.asarray(...)")
+        else:
+            try:
+                import cupy
+            except ImportError as e:
+                raise BackendUnavailableError(
+                    f"the cupy backend needs CuPy, which is not installed ({e}); install the GPU "
+                    f"extra: pip install -e '.[cuda13]' (or '.[cuda12]' for a CUDA 12 driver), or "
+                    f"use get_backend('cupy', emulate=True) to run the same CUDA C kernels on the "
+                    f"CPU, or get_backend('numpy')") from None
+            try:
+                ndev = cupy.cuda.runtime.getDeviceCount()
+            except Exception as e:   # CUDARuntimeError: no driver / no device
+                ndev, why = 0, f" ({type(e).__name__}: {e})"
+            else:
+                why = ""
+            if ndev < 1:
+                raise BackendUnavailableError(
+                    f"the cupy backend found no CUDA GPU on this machine{why}; use "
+                    f"get_backend('cupy', emulate=True) to run the same CUDA C kernels in the CPU "
+                    f"emulator, or get_backend('numpy')")
+            self._cupy = cupy
+            self.xp = cupy
+            self.array_types = (cupy.ndarray,)
+            self.move_hint = "move it to the GPU with backend.to_device(a) (cupy.asarray)"
+        impl = {
+            "conv2d_forward": self._conv2d_forward,
+            "conv2d_backward_input": self._conv2d_backward_input,
+            "conv2d_backward_weight": self._conv2d_backward_weight,
+            "conv2d_backward_bias": self._conv2d_backward_bias,
+            "maxpool2d_forward": self._maxpool2d_forward,
+            "maxpool2d_backward": self._maxpool2d_backward,
+            "unpool2d_forward": self._unpool2d_forward,
+            "unpool2d_backward": self._unpool2d_backward,
+        }
+        for op, names in VERSIONS.items():
+            self._versions[op] = {v: (lambda *a, _f=impl[op], _v=v: _f(*a, version=_v))
+                                  for v in names}
+            self._defaults[op] = _DEFAULTS[op]
+
+    # ------------------------------------------------------------------ host/device
+    def to_device(self, a, dtype=None):
+        a = np.ascontiguousarray(a, dtype=dtype)
+        return a if self.emulated else self._cupy.asarray(a)
+
+    def to_host(self, a):
+        return np.asarray(a) if self.emulated else self._cupy.asnumpy(a)
+
+    def synchronize(self):
+        if not self.emulated:
+            self._cupy.cuda.get_current_stream().synchronize()
+
+    def _check_switch_values(self, switches, hw):
+        if self.emulated:   # host arrays: the check is cheap, and a bad switch would write
+            super()._check_switch_values(switches, hw)   # outside the array on the CPU
+        # on the GPU: no synchronising read-back per call
+
+    # ------------------------------------------------------------------ the one launcher
+    def module(self, op):
+        """The compiled module (``cupy.RawModule`` or ``EmuModule``) holding ``op``'s kernels."""
+        path = os.path.join(HERE, SOURCES[op])
+        if path not in self._modules:
+            if self.emulated:
+                self._modules[path] = self._emu.EmuModule(path=path, asan=self._asan)
+            else:
+                with open(path) as f:
+                    code = f.read()
+                self._modules[path] = self._cupy.RawModule(code=code, options=("-std=c++17",))
+        return self._modules[path]
+
+    def _launch(self, op, kernel, grid, block, args, shared_mem=0):
+        """Launch ``kernel`` of ``op``'s .cu file -- on the GPU or in the emulator, same call."""
+        fn = self.module(op).get_function(kernel)
+        fn(tuple(grid), tuple(block), tuple(args), shared_mem=int(shared_mem))
+
+    def _empty(self, shape, zero=False):
+        xp = self.xp
+        return (xp.zeros if zero else xp.empty)(shape, dtype=np.float32)
+
+    # ------------------------------------------------------------------ convolution
+    def _conv2d_forward(self, x, w, b, version):
+        n, c, h, wd = x.shape
+        f, _, kh, kw = w.shape
+        oh, ow = h - kh + 1, wd - kw + 1
+        _check_int32(x=x.size, w=w.size, y=n * f * oh * ow)
+        y = self._empty((n, f, oh, ow))
+        op, k = "conv2d_forward", f"conv2d_forward_{version}"
+        dims = lambda nb: (i32(nb), i32(c), i32(h), i32(wd), i32(f), i32(kh), i32(kw))
+        if version == "naive":
+            self._launch(op, k, (_cdiv(y.size, THREADS),), (THREADS,), (y, x, w, b, *dims(n)))
+        elif version == "tiled":
+            smem = ((CONV_TILE + kh - 1) * (CONV_TILE + kw - 1) + kh * kw) * 4
+            for s, e in _batch_chunks(n, f):
+                self._launch(op, k, (_cdiv(ow, CONV_TILE), _cdiv(oh, CONV_TILE), (e - s) * f),
+                             (CONV_TILE, CONV_TILE), (y[s:e], x[s:e], w, b, *dims(e - s)), smem)
+        else:
+            self._launch(op, k, (_cdiv(n * oh * ow, GEMM_BM), _cdiv(f, GEMM_BN)), (THREADS,),
+                         (y, x, w, b, *dims(n)))
+        return y
+
+    def _conv2d_backward_input(self, dy, w, version):
+        n, f, oh, ow = dy.shape
+        _, c, kh, kw = w.shape
+        h, wd = oh + kh - 1, ow + kw - 1
+        _check_int32(dy=dy.size, w=w.size, dx=n * c * h * wd)
+        dx = self._empty((n, c, h, wd))
+        op, k = "conv2d_backward_input", f"conv2d_backward_input_{version}"
+        dims = lambda nb: (i32(nb), i32(c), i32(oh), i32(ow), i32(f), i32(kh), i32(kw))
+        if version == "naive":
+            self._launch(op, k, (_cdiv(dx.size, THREADS),), (THREADS,), (dx, dy, w, *dims(n)))
+        elif version == "tiled":
+            smem = ((CONV_TILE + kh - 1) * (CONV_TILE + kw - 1) + kh * kw) * 4
+            for s, e in _batch_chunks(n, c):
+                self._launch(op, k, (_cdiv(wd, CONV_TILE), _cdiv(h, CONV_TILE), (e - s) * c),
+                             (CONV_TILE, CONV_TILE), (dx[s:e], dy[s:e], w, *dims(e - s)), smem)
+        else:
+            self._launch(op, k, (_cdiv(n * h * wd, GEMM_BM), _cdiv(c, GEMM_BN)), (THREADS,),
+                         (dx, dy, w, *dims(n)))
+        return dx
+
+    def _conv2d_backward_weight(self, x, dy, version):
+        n, c, h, wd = x.shape
+        _, f, oh, ow = dy.shape
+        kh, kw = h - oh + 1, wd - ow + 1
+        e_ = f * c * kh * kw
+        r_ = n * oh * ow
+        _check_int32(x=x.size, dy=dy.size, dw=e_ * _cdiv(r_, WGRAD_CHUNK))
+        dw = self._empty((f, c, kh, kw), zero=(version == "atomic"))
+        op, k = "conv2d_backward_weight", f"conv2d_backward_weight_{version}"
+        args = (dw, x, dy, i32(n), i32(c), i32(h), i32(wd), i32(f), i32(oh), i32(ow))
+        if version == "naive":
+            self._launch(op, k, (_cdiv(e_, THREADS),), (THREADS,), args)
+        elif version == "atomic":
+            self._launch(op, k, (_cdiv(e_ * _cdiv(r_, WGRAD_CHUNK), THREADS),), (THREADS,), args)
+        elif version == "reduce":
+            t = _wgrad_reduce_threads(r_)
+            self._launch(op, k, (_cdiv(e_, WGRAD_RED_BLOCK // t),), (t, WGRAD_RED_BLOCK // t),
+                         args)
+        else:
+            self._launch(op, k, (_cdiv(f, GEMM_BM), _cdiv(c * kh * kw, GEMM_BN)), (THREADS,),
+                         args)
+        return dw
+
+    def _conv2d_backward_bias(self, dy, version):
+        n, f, oh, ow = dy.shape
+        _check_int32(dy=dy.size)
+        db = self._empty((f,))
+        op, k = "conv2d_backward_bias", f"conv2d_backward_bias_{version}"
+        args = (db, dy, i32(n), i32(f), i32(oh), i32(ow))
+        if version == "naive":
+            self._launch(op, k, (_cdiv(f, THREADS),), (THREADS,), args)
+        else:
+            self._launch(op, k, (f,), (THREADS,), args)
+        return db
+
+    # ------------------------------------------------------------------ pooling
+    def _maxpool2d_forward(self, x, k, version):
+        n, c, h, wd = x.shape
+        oh, ow = h // k, wd // k
+        _check_int32(x=x.size)
+        y = self._empty((n, c, oh, ow))
+        sw = self.xp.empty((n, c, oh, ow), dtype=np.int32)
+        self._launch("maxpool2d_forward", f"maxpool2d_forward_{version}",
+                     (_cdiv(y.size, THREADS),), (THREADS,),
+                     (y, sw, x, i32(n), i32(c), i32(h), i32(wd), i32(k)))
+        return y, sw
+
+    def _scatter_or_gather(self, op, version, src, switches, hw):
+        """maxpool2d_backward and unpool2d_forward: src placed at its switches in an (H, W) plane."""
+        n, c, oh, ow = src.shape
+        h, wd = hw
+        _check_int32(out=n * c * h * wd)
+        kmin, kmax = _pool_k_range(hw, (oh, ow))
+        if version == "gather" and kmin > kmax:
+            # (H, W) is not a pooling of (OH, OW) for any window size: the gather cannot find
+            # the window of a pixel, so take the scatter (same result by definition).
+            version = "naive"
+        out = self._empty((n, c, h, wd), zero=(version == "naive"))
+        dims = (i32(n), i32(c), i32(h), i32(wd), i32(oh), i32(ow))
+        if version == "naive":
+            self._launch(op, f"{op}_naive", (_cdiv(src.size, THREADS),), (THREADS,),
+                         (out, src, switches, *dims))
+        else:
+            self._launch(op, f"{op}_gather", (_cdiv(out.size, THREADS),), (THREADS,),
+                         (out, src, switches, *dims, i32(kmin), i32(kmax)))
+        return out
+
+    def _maxpool2d_backward(self, dy, switches, input_hw, version):
+        return self._scatter_or_gather("maxpool2d_backward", version, dy, switches, input_hw)
+
+    def _unpool2d_forward(self, y, switches, output_hw, version):
+        return self._scatter_or_gather("unpool2d_forward", version, y, switches, output_hw)
+
+    def _unpool2d_backward(self, dx, switches, version):
+        n, c, h, wd = dx.shape
+        oh, ow = switches.shape[2:]
+        _check_int32(dx=dx.size)
+        dy = self._empty((n, c, oh, ow))
+        self._launch("unpool2d_backward", f"unpool2d_backward_{version}",
+                     (_cdiv(dy.size, THREADS),), (THREADS,),
+                     (dy, dx, switches, i32(n), i32(c), i32(h), i32(wd), i32(oh), i32(ow)))
+        return dy

@@ -1,0 +1,120 @@
+"""Every CUDA C file compiles for real GPUs -- with nvcc for sm_75, sm_80 and sm_90 (PTX and
+cubin), and with NVRTC, the compiler CuPy uses at run time -- and no default kernel spills
+registers. Neither compiler needs a GPU; each test is skipped, saying why, where its compiler
+is missing. The per-kernel resources are recorded in kernels/cuda_resources.md
+(``python -m kernels.emulator.ptxas_report`` regenerates it)."""
+import os
+import re
+
+import pytest
+
+from kernels import cupy_backend
+from kernels.emulator import ptxas_report
+from kernels.emulator.loader import analyse
+
+CU_FILES = ptxas_report.cu_files()
+ARCHS = ptxas_report.ARCHS
+
+
+def kernels_in(path):
+    return [k for k, _ in analyse(open(path).read())[1]]
+
+
+def test_every_backend_kernel_has_a_source():
+    names = {k for p in CU_FILES for k in kernels_in(p)}
+    for op, versions in cupy_backend.VERSIONS.items():
+        for v in versions:
+            assert f"{op}_{v}" in names
+            assert f"{op}_{v}" in kernels_in(os.path.join(ptxas_report.KERNELS,
+                                                          cupy_backend.SOURCES[op]))
+
+
+@pytest.fixture(scope="module")
+def ptxas_rows():
+    nvcc = ptxas_report.find_nvcc()
+    if nvcc is None:
+        pytest.skip("nvcc not found (CUDA toolkit not installed): cannot check that the .cu "
+                    "files compile for sm_75/80/90")
+    return ptxas_report.compile_all(nvcc)
+
+
+def test_nvcc_compiles_every_kernel_for_every_arch(ptxas_rows):
+    got = {(r["kernel"], r["arch"]) for r in ptxas_rows}
+    for path in CU_FILES:
+        for k in kernels_in(path):
+            for a in ARCHS:
+                assert (k, f"sm_{a}") in got, f"{k} missing for sm_{a}"
+    for r in ptxas_rows:
+        assert r["registers"] <= 255
+
+
+def test_no_spills_in_default_versions(ptxas_rows):
+    bad = ptxas_report.spills_in_defaults(ptxas_rows)
+    assert not bad, f"default kernels spill registers: {bad}"
+
+
+def test_resource_report_is_current(ptxas_rows):
+    """The committed table lists exactly the kernels that exist (regenerate it with
+    python -m kernels.emulator.ptxas_report after adding or renaming one)."""
+    text = open(ptxas_report.REPORT).read()
+    listed = set(re.findall(r"\| `(\w+)`(?: \\\*)? \| (sm_\d+) \|", text))
+    assert listed == {(r["kernel"], r["arch"]) for r in ptxas_rows}
+
+
+def _nvrtc():
+    try:
+        from cupy.cuda import nvrtc
+        return "cupy", nvrtc
+    except ImportError:
+        pass
+    try:
+        from cuda.bindings import nvrtc
+        return "cuda.bindings", nvrtc
+    except ImportError:
+        pytest.skip("no NVRTC (install cupy-cuda13x or cuda-bindings): cannot check that CuPy "
+                    "can compile the .cu files")
+
+
+def _compile_nvrtc(src, name, arch):
+    kind, nvrtc = _nvrtc()
+    opts = ["-std=c++17", f"-arch={arch}"]
+    if kind == "cupy":
+        prog = nvrtc.createProgram(src, name, [], [])
+        try:
+            nvrtc.compileProgram(prog, opts)
+            ptx = nvrtc.getPTX(prog) if arch.startswith("compute") else None
+            cubin = nvrtc.getCUBIN(prog) if arch.startswith("sm") else None
+        finally:
+            nvrtc.destroyProgram(prog)
+        return ptx, cubin
+    err, prog = nvrtc.nvrtcCreateProgram(src.encode(), name.encode(), 0, [], [])
+    (err,) = nvrtc.nvrtcCompileProgram(prog, len(opts), [o.encode() for o in opts])
+    if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
+        _, n = nvrtc.nvrtcGetProgramLogSize(prog)
+        log = b" " * n
+        nvrtc.nvrtcGetProgramLog(prog, log)
+        raise RuntimeError(log.decode())
+    ptx = cubin = None
+    if arch.startswith("compute"):
+        _, n = nvrtc.nvrtcGetPTXSize(prog)
+        ptx = b" " * n
+        nvrtc.nvrtcGetPTX(prog, ptx)
+    else:
+        _, n = nvrtc.nvrtcGetCUBINSize(prog)
+        cubin = b" " * n
+        nvrtc.nvrtcGetCUBIN(prog, cubin)
+    return ptx, cubin
+
+
+@pytest.mark.parametrize("path", CU_FILES, ids=os.path.basename)
+def test_nvrtc_compiles_like_cupy(path):
+    """The options CupyBackend gives cupy.RawModule (-std=c++17), for each arch: cubin, and
+    PTX with one .entry per kernel."""
+    src = open(path).read()
+    for a in ARCHS:
+        _, cubin = _compile_nvrtc(src, os.path.basename(path), f"sm_{a}")
+        assert cubin and len(cubin) > 1000
+    ptx, _ = _compile_nvrtc(src, os.path.basename(path), "compute_80")
+    ptx = ptx.decode() if isinstance(ptx, bytes) else ptx
+    for k in kernels_in(path):
+        assert re.search(rf"\.entry {k}\(", ptx), f"{k} not in PTX"

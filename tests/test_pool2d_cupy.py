@@ -1,0 +1,131 @@
+"""Max-pooling with switches and switch unpooling, cupy backend: every version of every CUDA C
+kernel against the NumPy reference, exactly (these ops only move values).
+
+Runs under the CPU emulator (default tier) and on a GPU (``gpu`` tier, skipped without one).
+"""
+import numpy as np
+import pytest
+
+from kernels import BackendUnavailableError, get_backend
+from kernels import cupy_backend
+from kernels.testing import assert_op_close
+
+ref = get_backend("numpy")
+
+
+@pytest.fixture(scope="module", params=[
+    pytest.param("emulator", marks=pytest.mark.emulator),
+    pytest.param("gpu", marks=pytest.mark.gpu),
+])
+def be(request):
+    if request.param == "emulator":
+        return get_backend("cupy", emulate=True)
+    try:
+        return get_backend("cupy")
+    except BackendUnavailableError as e:
+        pytest.skip(f"gpu tier needs a CUDA GPU with CuPy: {e}")
+
+
+# (N, C, H, W, k): remainder rows/columns, k = 1 and 3, a single window, sizes that are not
+# multiples of the 256-thread blocks; then the paper's pooled maps (100x24x24, 150x8x8) at batch 2.
+SHAPES = [
+    (2, 3, 9, 11, 2),
+    (1, 2, 10, 7, 3),
+    (3, 1, 5, 5, 1),
+    (1, 1, 5, 5, 5),
+    (2, 5, 5, 7, 3),      # OH=1: the window size is ambiguous from the shapes alone (k=3..5)
+    (2, 100, 24, 24, 2),
+    (2, 150, 8, 8, 2),
+]
+
+
+def inputs(shape, ties):
+    n, c, h, w_, k = shape
+    rng = np.random.default_rng(sum(shape) * 31 + ties)
+    if ties:   # few distinct values: many ties, which must go to the first in row-major order
+        x = rng.integers(-2, 2, size=(n, c, h, w_)).astype(np.float32)
+    else:
+        x = rng.standard_normal((n, c, h, w_)).astype(np.float32)
+    y, sw = ref.maxpool2d_forward(x, k, version="naive")
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx = rng.standard_normal(x.shape).astype(np.float32)
+    return x, y, sw, dy, dx
+
+
+def dev(be, *arrays):
+    return [be.to_device(a) for a in arrays]
+
+
+@pytest.mark.parametrize("ties", [False, True], ids=["distinct", "ties"])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_maxpool2d_forward(be, shape, ties):
+    x, y, sw, _, _ = inputs(shape, ties)
+    for v in cupy_backend.VERSIONS["maxpool2d_forward"]:
+        got_y, got_sw = be.maxpool2d_forward(*dev(be, x), shape[-1], version=v)
+        assert got_sw.dtype == np.int32
+        assert_op_close("maxpool2d_forward", be.to_host(got_y), y)
+        assert_op_close("maxpool2d_forward", be.to_host(got_sw), sw)
+
+
+@pytest.mark.parametrize("version", cupy_backend.VERSIONS["maxpool2d_backward"])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_maxpool2d_backward(be, shape, version):
+    x, _, sw, dy, _ = inputs(shape, ties=True)
+    hw = x.shape[2:]
+    expect = ref.maxpool2d_backward(dy, sw, hw, version="naive")
+    got = be.maxpool2d_backward(*dev(be, dy, sw), hw, version=version)
+    assert_op_close("maxpool2d_backward", be.to_host(got), expect)
+
+
+@pytest.mark.parametrize("version", cupy_backend.VERSIONS["unpool2d_forward"])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_unpool2d_forward(be, shape, version):
+    x, y, sw, _, _ = inputs(shape, ties=False)
+    hw = x.shape[2:]
+    expect = ref.unpool2d_forward(y, sw, hw, version="naive")
+    got = be.unpool2d_forward(*dev(be, y, sw), hw, version=version)
+    assert_op_close("unpool2d_forward", be.to_host(got), expect)
+
+
+@pytest.mark.parametrize("version", cupy_backend.VERSIONS["unpool2d_backward"])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_unpool2d_backward(be, shape, version):
+    _, _, sw, _, dx = inputs(shape, ties=False)
+    expect = ref.unpool2d_backward(dx, sw, version="naive")
+    got = be.unpool2d_backward(*dev(be, dx, sw), version=version)
+    assert_op_close("unpool2d_backward", be.to_host(got), expect)
+
+
+@pytest.mark.parametrize("version", ["naive", "gather"])
+def test_unpool_to_a_size_no_window_explains(be, version):
+    """output_hw (7, 9) is no k x k pooling of a 2x2 map (k would have to be 3 and 4): the
+    gather cannot find windows, so the backend scatters instead; the result is still exact."""
+    rng = np.random.default_rng(5)
+    y = rng.standard_normal((2, 3, 2, 2)).astype(np.float32)
+    sw = np.stack([rng.permutation(63)[:4] for _ in range(6)]).reshape(2, 3, 2, 2).astype(np.int32)
+    assert cupy_backend._pool_k_range((7, 9), (2, 2)) == (4, 3)
+    expect = ref.unpool2d_forward(y, sw, (7, 9), version="naive")
+    for op in ("unpool2d_forward", "maxpool2d_backward"):
+        got = getattr(be, op)(*dev(be, y, sw), (7, 9), version=version)
+        assert_op_close(op, be.to_host(got), expect)
+
+
+def test_pool_k_range():
+    assert cupy_backend._pool_k_range((24, 24), (12, 12)) == (2, 2)
+    assert cupy_backend._pool_k_range((9, 11), (4, 5)) == (2, 2)
+    assert cupy_backend._pool_k_range((5, 7), (1, 2)) == (3, 3)
+    assert cupy_backend._pool_k_range((5, 5), (1, 1)) == (3, 5)
+
+
+def test_versions_and_defaults(be):
+    for op in ("maxpool2d_forward", "maxpool2d_backward", "unpool2d_forward", "unpool2d_backward"):
+        assert be.versions(op) == cupy_backend.VERSIONS[op]
+        assert be.default_version(op) == cupy_backend._DEFAULTS[op]
+
+
+@pytest.mark.emulator
+def test_emulated_backend_checks_switch_range():
+    be = get_backend("cupy", emulate=True)
+    bad = np.full((1, 1, 2, 2), 16, np.int32)
+    with pytest.raises(ValueError, match=r"switches hold flat in-plane indices in \[16, 16\]"):
+        be.unpool2d_forward(np.zeros((1, 1, 2, 2), np.float32), bad, (4, 4))
