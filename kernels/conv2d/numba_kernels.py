@@ -1,0 +1,768 @@
+"""Convolution ops as numba-cuda kernels: the Python translation of ``kernels/conv2d/*.cu``.
+
+Versions (ladder order; the CUDA C files carry the same names and thread mappings):
+
+conv2d_forward            naive          one thread per output y[n,f,i,j], loops c,p,q from global memory
+conv2d_forward            tiled          16x16 output tile per block; input tile (+halo) and filter slice in smem, per channel
+conv2d_forward            implicit_gemm  GEMM M=N*OH*OW, N=F, K=C*KH*KW; 64x64x8 smem tiles, 4x4 outputs per thread
+conv2d_backward_input     naive          one thread per dx[n,c,h,v], gathers the dy entries that touch it
+conv2d_backward_input     tiled          16x16 dx tile per block; dy tile (+halo) and filter slice in smem, per filter
+conv2d_backward_input     implicit_gemm  GEMM M=N*H*W, N=C, K=F*KH*KW (A = dy, zero outside the plane)
+conv2d_backward_weight    naive          one thread per dw[f,c,p,q], loops n,i,j (deterministic)
+conv2d_backward_weight    atomic         one thread per (dw element, chunk of 256 (n,i,j)), cuda.atomic.add of the partial (not deterministic)
+conv2d_backward_weight    reduce         8 dw elements per (32, 8) block, 32 threads each + smem tree (deterministic)
+conv2d_backward_weight    implicit_gemm  GEMM M=F, N=C*KH*KW, K=N*OH*OW, one thread owns each output (deterministic)
+conv2d_backward_bias      naive          one thread per db[f], loops n,i,j
+conv2d_backward_bias      reduce         one 256-thread block per db[f], smem tree reduction (deterministic)
+
+Every kernel computes in float32 (``acc = float32(0)``: a bare ``0.0`` would make numba
+accumulate in float64). Arguments arrive C-contiguous and already checked against the
+contract (``kernels/contract.py``); each launcher below its kernel allocates the output and
+picks the grid. ``rt`` is the backend's runtime (``kernels/numba_backend.py``): it allocates
+arrays (CuPy on a GPU, NumPy in the simulator) and launches on the right stream.
+
+Reading guide: numba-cuda next to CUDA C
+----------------------------------------
+==========================================  ===============================================
+numba (this file)                           CUDA C (``conv2d_*.cu``)
+==========================================  ===============================================
+``@cuda.jit`` on a Python function          ``extern "C" __global__ void ...``
+``kern[grid, block, stream, smem](...)``    ``kern<<<grid, block, smem, stream>>>(...)``
+``cuda.grid(1)``                            ``blockIdx.x * blockDim.x + threadIdx.x``
+``cuda.threadIdx.x``, ``cuda.blockIdx.y``   ``threadIdx.x``, ``blockIdx.y`` (same names)
+``x[n, c, h, v]`` on a 4-D array            ``x[((n*C + c)*H + h)*W + v]``: numba has no
+                                            pointer arithmetic; arrays know their shape
+``def k(y, x, w, b)``, ``x.shape`` inside   ``k(real* y, const real* x, ..., int N, ...)``
+                                            same argument order (output first); the
+                                            sizes come with the arrays
+``launch_<kernel>(rt, ...)`` below each     launch code in ``kernels/cupy_backend.py``
+kernel: grid, block, smem, output           grid, block, smem, output
+``@cuda.jit(device=True)``                  ``__device__ __forceinline__``
+``w.reshape(F, K)`` on the host (a view)    ``w`` as a flat pointer: ``w[fb*K + kb]``
+``cuda.shared.array((8, 64), float32)``     ``__shared__ real As[8][64];`` -- the shape
+                                            must be a compile-time constant (module
+                                            globals are frozen at compile time)
+``cuda.shared.array(0, float32)`` and       ``extern __shared__ real smem[];`` and
+launching with ``smem`` bytes               ``<<<grid, block, bytes>>>``
+``cuda.local.array((4, 4), float32)``       ``real acc[4][4];`` (registers once unrolled)
+``cuda.syncthreads()``                      ``__syncthreads()``
+``cuda.atomic.add(dw, (f, c, p, q), v)``    ``atomicAdd(&dw[e], v)``
+``float32(0)``                              ``(real)0``; a bare ``0.0`` would be float64
+``for e in range(tid, n, step)``            ``for (int e = tid; e < n; e += step)``
+``while stride > 0: ...; stride //= 2``     ``for (s = B/2; s > 0; s >>= 1)``
+``val = float32(0)``, ``if ok: val = x[.]``  ``val = ok ? x[...] : (real)0``
+==========================================  ===============================================
+
+Running a kernel in numba's CUDA simulator (no GPU; each CUDA thread becomes a Python
+thread, so keep grids tiny). ``NUMBA_ENABLE_CUDASIM=1`` must be set before numba is first
+imported; ``kernels.get_backend("numba", emulate=True)`` does that for you and refuses
+(with the fix) if it is too late. This snippet is executed by
+``tests/test_numba_doc_snippet.py``::
+
+    import numpy as np, kernels
+    be = kernels.get_backend("numba", emulate=True)      # sets NUMBA_ENABLE_CUDASIM=1
+    from kernels.conv2d import numba_kernels as K        # imports numba: after the line above
+    x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    w = np.array([[[[1, 0], [0, -1]]]], dtype=np.float32)
+    b = np.array([0.5], dtype=np.float32)
+    y = np.empty((1, 1, 3, 3), dtype=np.float32)
+    K.conv2d_forward_naive[1, 32](y, x, w, b)            # <<<1 block, 32 threads>>>
+    assert (y == -4.5).all()                             # x[i,j] - x[i+1,j+1] + 0.5
+    # the same through the backend, any version:
+    assert (be.conv2d_forward(x, w, b, version="tiled") == -4.5).all()
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import cuda, float32
+
+# --------------------------------------------------------------------------- tile sizes
+# Module-level ints are compile-time constants for numba (CUDA C: #define).
+NAIVE_BLOCK = 256          # threads per block of the one-thread-per-output kernels
+CONV_TILE = 16             # tiled: CONV_TILE x CONV_TILE outputs per block, one per thread
+GEMM_BM, GEMM_BN, GEMM_BK = 64, 64, 8   # implicit GEMM block tile (M x N) and K step
+GEMM_PAD = 4               # row padding of the B tile (A tile for dw): stores hit 32 banks
+GEMM_BN_PAD = GEMM_BN + GEMM_PAD   # padded row: a shared-array shape must be a literal
+GEMM_BM_PAD = GEMM_BM + GEMM_PAD   # constant, so the sum is taken here, not in the kernel
+GEMM_THREADS = 256         # implicit GEMM: 16 x 16 threads, each owning a 4 x 4 register block
+WGRAD_CHUNK = 256          # atomic: (n,i,j) positions summed by one thread
+WGRAD_RED_THREADS = 32     # reduce: threads per dw element (a power of two)
+WGRAD_RED_ELEMS = 8        # reduce: dw elements per block
+BGRAD_THREADS = 256        # bias reduce: threads per block (a power of two)
+MAX_GRID_Z = 65535         # CUDA's gridDim.z limit; the tiled kernels stride over z
+
+
+def _cdiv(a, b):
+    return (a + b - 1) // b
+
+
+# ============================================================================ forward
+@cuda.jit
+def conv2d_forward_naive(y, x, w, b):
+    """naive: one thread per output element y[n,f,i,j] (flat NCHW index = cuda.grid(1)).
+
+    Plan: decode (n,f,i,j) from the flat index, sum C*KH*KW products straight from global
+    memory (every x value is re-read by up to KH*KW*F threads), add the bias.
+    Constraints: grid (ceil(N*F*OH*OW / 256)), block (256); threads past the end return.
+    Consecutive threads -> consecutive j: coalesced y stores and x loads.
+    """
+    N, C, H, W = x.shape
+    F, _, KH, KW = w.shape
+    OH, OW = H - KH + 1, W - KW + 1
+    idx = cuda.grid(1)                      # CUDA C: blockIdx.x * blockDim.x + threadIdx.x
+    if idx >= N * F * OH * OW:
+        return
+    j = idx % OW
+    i = (idx // OW) % OH
+    f = (idx // (OW * OH)) % F
+    n = idx // (OW * OH * F)
+    acc = b[f]                              # CUDA C: real acc = b[f];
+    for c in range(C):
+        for p in range(KH):
+            for q in range(KW):             # CUDA C: xn[(c*H + i+p)*W + j+q] * wf[...]
+                acc += x[n, c, i + p, j + q] * w[f, c, p, q]
+    y[n, f, i, j] = acc                     # CUDA C: y[idx] = acc (same element)
+
+
+def launch_conv2d_forward_naive(rt, x, w, b):
+    n, c, h, wd = x.shape
+    f, _, kh, kw = w.shape
+    y = rt.empty((n, f, h - kh + 1, wd - kw + 1))
+    rt.launch(conv2d_forward_naive, _cdiv(y.size, NAIVE_BLOCK), NAIVE_BLOCK, (y, x, w, b))
+    return y
+
+
+@cuda.jit
+def conv2d_forward_tiled(y, x, w, b):
+    """tiled: one CONV_TILE x CONV_TILE tile of one (n,f) output plane per block, one output
+    per thread (thread (tx, ty) of block (bx, by, n*F+f) -> y[n, f, by*16+ty, bx*16+tx]).
+
+    Plan: for each input channel c, the block stages the (16+KH-1) x (16+KW-1) input patch
+    of its tile (tile + halo) and the KH x KW filter slice w[f,c] in shared memory, syncs,
+    and each thread accumulates its KH*KW products from shared memory: each x value is read
+    from global memory about once per (f, tile) instead of KH*KW times.
+    Constraints: block (16, 16); grid (ceil(OW/16), ceil(OH/16), min(N*F, 65535)) -- unlike
+    the CUDA C launch (gridDim.z = N*F), z strides over the planes, so N*F > 65535 works;
+    dynamic shared memory ((16+KH-1)*(16+KW-1) + KH*KW) floats, given at launch:
+    ``cuda.shared.array(0, float32)`` is CUDA C's ``extern __shared__ real smem[]``. There
+    is no ``real* ws = smem + TH*TW`` in numba (no pointer arithmetic): ws is an offset.
+    """
+    N, C, H, W = x.shape
+    F, _, KH, KW = w.shape
+    OH, OW = H - KH + 1, W - KW + 1
+    TH, TW = CONV_TILE + KH - 1, CONV_TILE + KW - 1   # input patch of the tile
+    smem = cuda.shared.array(0, float32)              # [TH*TW xs | KH*KW ws]
+    ws = TH * TW                                      # offset of ws in smem
+    tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+    tid = ty * CONV_TILE + tx
+    i0 = cuda.blockIdx.y * CONV_TILE
+    j0 = cuda.blockIdx.x * CONV_TILE
+    i, j = i0 + ty, j0 + tx
+    for nf in range(cuda.blockIdx.z, N * F, cuda.gridDim.z):   # uniform over the block
+        n, f = nf // F, nf % F
+        acc = float32(0)
+        for c in range(C):
+            for e in range(tid, TH * TW, CONV_TILE * CONV_TILE):   # cooperative load
+                h, v = i0 + e // TW, j0 + e % TW
+                val = float32(0)
+                if h < H and v < W:
+                    val = x[n, c, h, v]
+                smem[e] = val
+            for e in range(tid, KH * KW, CONV_TILE * CONV_TILE):
+                smem[ws + e] = w[f, c, e // KW, e % KW]
+            cuda.syncthreads()                  # tile complete before anyone reads
+            if i < OH and j < OW:
+                for p in range(KH):
+                    for q in range(KW):
+                        acc += smem[(ty + p) * TW + tx + q] * smem[ws + p * KW + q]
+            cuda.syncthreads()                  # all done reading before the overwrite
+        if i < OH and j < OW:
+            y[n, f, i, j] = acc + b[f]
+
+
+def launch_conv2d_forward_tiled(rt, x, w, b):
+    n, c, h, wd = x.shape
+    f, _, kh, kw = w.shape
+    oh, ow = h - kh + 1, wd - kw + 1
+    y = rt.empty((n, f, oh, ow))
+    smem = ((CONV_TILE + kh - 1) * (CONV_TILE + kw - 1) + kh * kw) * 4
+    grid = (_cdiv(ow, CONV_TILE), _cdiv(oh, CONV_TILE), min(n * f, MAX_GRID_Z))
+    rt.launch(conv2d_forward_tiled, grid, (CONV_TILE, CONV_TILE), (y, x, w, b), shared=smem)
+    return y
+
+
+@cuda.jit
+def conv2d_forward_implicit_gemm(y, x, w2, b):
+    """implicit_gemm: y as the GEMM C[m, f] = sum_k A[m, k] * B[k, f], never materialised.
+
+    M = N*OH*OW (pixel m = (n,i,j)), N = F, K = C*KH*KW (tap k = (c,p,q)); A[m,k] =
+    x[n,c,i+p,j+q] is gathered on the fly (no im2col buffer), B[k,f] = w2[f,k] with w2 = w
+    viewed as (F, K) on the host (CUDA C indexes w as a flat pointer: w[fb*K + kb]).
+    Plan: a 256-thread block owns a 64x64 tile of C; per K step of 8 it stages A (8x64) and
+    B (8x64, rows padded by 4) in shared memory, 2 elements per thread each, syncs, and each
+    thread does 8 rank-1 updates of its 4x4 register block: every smem value feeds 4
+    multiply-adds, every x value loaded feeds 64 filters. Thread t, tx = t%16, ty = t/16
+    owns m = m0 + tx + 16r, f = f0 + ty + 16s (r, s = 0..3): strided by 16 so a warp's smem
+    loads are conflict-free and its y stores (consecutive m = consecutive j) coalesced.
+    Constraints: grid (ceil(M/64), ceil(F/64)), block (256); out-of-range rows/columns load
+    zeros and are not stored.
+    """
+    N, C, H, W = x.shape
+    F, K = w2.shape
+    OH, OW = y.shape[2], y.shape[3]
+    KW = W - OW + 1
+    KK = K // C
+    OHW = OH * OW
+    M = N * OHW
+    As = cuda.shared.array((GEMM_BK, GEMM_BM), float32)              # [k][m]
+    Bs = cuda.shared.array((GEMM_BK, GEMM_BN_PAD), float32)   # [k][f]
+    acc = cuda.local.array((4, 4), float32)                          # CUDA C: real acc[4][4]
+    a = cuda.local.array(4, float32)
+    bv = cuda.local.array(4, float32)
+    t = cuda.threadIdx.x
+    tx, ty = t % 16, t // 16
+    m0, f0 = cuda.blockIdx.x * GEMM_BM, cuda.blockIdx.y * GEMM_BN
+    # A loader: this thread fills As[t//64 + 4r][t%64]: one fixed pixel, decoded once.
+    a_m, a_k = m0 + t % GEMM_BM, t // GEMM_BM
+    a_ok = a_m < M
+    a_n, a_i, a_j = 0, 0, 0
+    if a_ok:
+        a_n = a_m // OHW
+        a_i = (a_m % OHW) // OW
+        a_j = a_m % OW
+    # B loader: this thread fills Bs[t%8][t//8 + 32r] from w2[f, k]: 8 threads read 8
+    # consecutive k of one filter row.
+    b_k, b_f = t % GEMM_BK, t // GEMM_BK
+    for r in range(4):
+        for s in range(4):
+            acc[r, s] = float32(0)
+    for k0 in range(0, K, GEMM_BK):
+        for r in range(2):
+            ka = k0 + a_k + 4 * r
+            va = float32(0)
+            if a_ok and ka < K:
+                c, pq = ka // KK, ka % KK
+                va = x[a_n, c, a_i + pq // KW, a_j + pq % KW]
+            As[a_k + 4 * r, t % GEMM_BM] = va
+            fb, kb = f0 + b_f + 32 * r, k0 + b_k
+            vb = float32(0)
+            if fb < F and kb < K:
+                vb = w2[fb, kb]
+            Bs[b_k, b_f + 32 * r] = vb
+        cuda.syncthreads()
+        for kk in range(GEMM_BK):
+            for r in range(4):
+                a[r] = As[kk, tx + 16 * r]
+            for s in range(4):
+                bv[s] = Bs[kk, ty + 16 * s]
+            for r in range(4):
+                for s in range(4):
+                    acc[r, s] += a[r] * bv[s]
+        cuda.syncthreads()
+    for r in range(4):
+        m = m0 + tx + 16 * r
+        if m < M:
+            n, rr = m // OHW, m % OHW
+            for s in range(4):
+                f = f0 + ty + 16 * s
+                if f < F:
+                    y[n, f, rr // OW, rr % OW] = acc[r, s] + b[f]
+
+
+def launch_conv2d_forward_implicit_gemm(rt, x, w, b):
+    n, c, h, wd = x.shape
+    f, _, kh, kw = w.shape
+    oh, ow = h - kh + 1, wd - kw + 1
+    y = rt.empty((n, f, oh, ow))
+    grid = (_cdiv(n * oh * ow, GEMM_BM), _cdiv(f, GEMM_BN))
+    rt.launch(conv2d_forward_implicit_gemm, grid, GEMM_THREADS,
+              (y, x, w.reshape(f, c * kh * kw), b))
+    return y
+
+
+# ===================================================================== backward input
+@cuda.jit
+def conv2d_backward_input_naive(dx, dy, w):
+    """naive: one thread per dx[n,c,h,v]; it gathers the (at most F*KH*KW) dy entries that
+    touch it: dx[n,c,h,v] = sum_{f,p,q} dy[n,f,h-p,v-q] * w[f,c,p,q].
+
+    Only taps with 0 <= h-p < OH and 0 <= v-q < OW touch the pixel, so the p, q loops run
+    over [p_lo, p_hi] x [q_lo, q_hi] (no test per term). A gather: each dx written once, no
+    atomics. Constraints: grid (ceil(N*C*H*W / 256)), block (256).
+    """
+    N, F, OH, OW = dy.shape
+    _, C, KH, KW = w.shape
+    H, W = OH + KH - 1, OW + KW - 1
+    idx = cuda.grid(1)
+    if idx >= N * C * H * W:
+        return
+    v = idx % W
+    h = (idx // W) % H
+    c = (idx // (W * H)) % C
+    n = idx // (W * H * C)
+    p_lo, p_hi = max(0, h - OH + 1), min(KH - 1, h)
+    q_lo, q_hi = max(0, v - OW + 1), min(KW - 1, v)
+    acc = float32(0)
+    for f in range(F):
+        for p in range(p_lo, p_hi + 1):
+            for q in range(q_lo, q_hi + 1):
+                acc += dy[n, f, h - p, v - q] * w[f, c, p, q]
+    dx[n, c, h, v] = acc
+
+
+def launch_conv2d_backward_input_naive(rt, dy, w):
+    n, f, oh, ow = dy.shape
+    _, c, kh, kw = w.shape
+    dx = rt.empty((n, c, oh + kh - 1, ow + kw - 1))
+    rt.launch(conv2d_backward_input_naive, _cdiv(dx.size, NAIVE_BLOCK), NAIVE_BLOCK,
+              (dx, dy, w))
+    return dx
+
+
+@cuda.jit
+def conv2d_backward_input_tiled(dx, dy, w):
+    """tiled: one 16x16 tile of one (n,c) dx plane per block, one output per thread
+    (thread (tx, ty) of block (bx, by, n*C+c) -> dx[n, c, by*16+ty, bx*16+tx]).
+
+    Plan: for each filter f, stage the dy patch rows h0-KH+1 .. h0+15, columns v0-KW+1 ..
+    v0+15 (zeros outside dy, so the inner loop has no bounds tests) and w[f,c] in shared
+    memory; pixel (ty, tx) finds dy[h-p, v-q] at patch (ty+KH-1-p, tx+KW-1-q): the full
+    correlation with the flipped kernel. Constraints: as conv2d_forward_tiled (block
+    (16, 16), grid z strides over the N*C planes, dynamic smem ((16+KH-1)*(16+KW-1) +
+    KH*KW) floats).
+    """
+    N, F, OH, OW = dy.shape
+    _, C, KH, KW = w.shape
+    H, W = OH + KH - 1, OW + KW - 1
+    TH, TW = CONV_TILE + KH - 1, CONV_TILE + KW - 1
+    smem = cuda.shared.array(0, float32)        # [TH*TW ds (dy patch) | KH*KW ws]
+    ws = TH * TW
+    tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+    tid = ty * CONV_TILE + tx
+    h0 = cuda.blockIdx.y * CONV_TILE
+    v0 = cuda.blockIdx.x * CONV_TILE
+    h, v = h0 + ty, v0 + tx
+    for nc in range(cuda.blockIdx.z, N * C, cuda.gridDim.z):
+        n, c = nc // C, nc % C
+        acc = float32(0)
+        for f in range(F):
+            for e in range(tid, TH * TW, CONV_TILE * CONV_TILE):
+                i = h0 - KH + 1 + e // TW
+                j = v0 - KW + 1 + e % TW
+                val = float32(0)
+                if i >= 0 and i < OH and j >= 0 and j < OW:
+                    val = dy[n, f, i, j]
+                smem[e] = val
+            for e in range(tid, KH * KW, CONV_TILE * CONV_TILE):
+                smem[ws + e] = w[f, c, e // KW, e % KW]
+            cuda.syncthreads()
+            if h < H and v < W:
+                for p in range(KH):
+                    for q in range(KW):
+                        acc += smem[(ty + KH - 1 - p) * TW + tx + KW - 1 - q] * smem[ws + p * KW + q]
+            cuda.syncthreads()
+        if h < H and v < W:
+            dx[n, c, h, v] = acc
+
+
+def launch_conv2d_backward_input_tiled(rt, dy, w):
+    n, f, oh, ow = dy.shape
+    _, c, kh, kw = w.shape
+    h, wd = oh + kh - 1, ow + kw - 1
+    dx = rt.empty((n, c, h, wd))
+    smem = ((CONV_TILE + kh - 1) * (CONV_TILE + kw - 1) + kh * kw) * 4
+    grid = (_cdiv(wd, CONV_TILE), _cdiv(h, CONV_TILE), min(n * c, MAX_GRID_Z))
+    rt.launch(conv2d_backward_input_tiled, grid, (CONV_TILE, CONV_TILE), (dx, dy, w), shared=smem)
+    return dx
+
+
+@cuda.jit
+def conv2d_backward_input_implicit_gemm(dx, dy, w):
+    """implicit_gemm: the full correlation as an implicit GEMM over the flipped kernel,
+    C[m, c] = sum_k A[m, k] * B[k, c].
+
+    M = N*H*W (dx pixel m = (n,h,v)), N = C, K = F*KH*KW (k = (f,p,q)); A[m,k] =
+    dy[n,f,h-p,v-q] (zero outside dy: the implicit zero padding), B[k,c] = w[f,c,p,q].
+    The same 64x64x8 tiling, loaders and 4x4 register blocks as conv2d_forward_implicit_gemm:
+    thread t owns m = m0 + t%16 + 16r, c = c0 + t//16 + 16s. Constraints: grid
+    (ceil(M/64), ceil(C/64)), block (256).
+    """
+    N, F, OH, OW = dy.shape
+    _, C, KH, KW = w.shape
+    H, W = dx.shape[2], dx.shape[3]
+    HW, KK = H * W, KH * KW
+    M, K = N * HW, F * KK
+    As = cuda.shared.array((GEMM_BK, GEMM_BM), float32)
+    Bs = cuda.shared.array((GEMM_BK, GEMM_BN_PAD), float32)
+    acc = cuda.local.array((4, 4), float32)
+    a = cuda.local.array(4, float32)
+    bv = cuda.local.array(4, float32)
+    t = cuda.threadIdx.x
+    tx, ty = t % 16, t // 16
+    m0, c0 = cuda.blockIdx.x * GEMM_BM, cuda.blockIdx.y * GEMM_BN
+    # A loader: fixed dx pixel (n, h, v) = m0 + t%64, rows k = t//64 + 4r of the tile.
+    a_m, a_k = m0 + t % GEMM_BM, t // GEMM_BM
+    a_ok = a_m < M
+    a_n, a_h, a_v = 0, 0, 0
+    if a_ok:
+        a_n = a_m // HW
+        a_h = (a_m % HW) // W
+        a_v = a_m % W
+    # B loader: Bs[t%8][t//8 + 32r] = w[f, c, p, q] with k = (f, p, q).
+    b_k, b_c = t % GEMM_BK, t // GEMM_BK
+    for r in range(4):
+        for s in range(4):
+            acc[r, s] = float32(0)
+    for k0 in range(0, K, GEMM_BK):
+        for r in range(2):
+            ka = k0 + a_k + 4 * r
+            va = float32(0)
+            if a_ok and ka < K:
+                f, pq = ka // KK, ka % KK
+                i, j = a_h - pq // KW, a_v - pq % KW     # the flipped tap
+                if i >= 0 and i < OH and j >= 0 and j < OW:
+                    va = dy[a_n, f, i, j]
+            As[a_k + 4 * r, t % GEMM_BM] = va
+            cb, kb = c0 + b_c + 32 * r, k0 + b_k
+            vb = float32(0)
+            if cb < C and kb < K:
+                pq = kb % KK
+                vb = w[kb // KK, cb, pq // KW, pq % KW]
+            Bs[b_k, b_c + 32 * r] = vb
+        cuda.syncthreads()
+        for kk in range(GEMM_BK):
+            for r in range(4):
+                a[r] = As[kk, tx + 16 * r]
+            for s in range(4):
+                bv[s] = Bs[kk, ty + 16 * s]
+            for r in range(4):
+                for s in range(4):
+                    acc[r, s] += a[r] * bv[s]
+        cuda.syncthreads()
+    for r in range(4):
+        m = m0 + tx + 16 * r
+        if m < M:
+            n, rr = m // HW, m % HW
+            for s in range(4):
+                c = c0 + ty + 16 * s
+                if c < C:
+                    dx[n, c, rr // W, rr % W] = acc[r, s]
+
+
+def launch_conv2d_backward_input_implicit_gemm(rt, dy, w):
+    n, f, oh, ow = dy.shape
+    _, c, kh, kw = w.shape
+    h, wd = oh + kh - 1, ow + kw - 1
+    dx = rt.empty((n, c, h, wd))
+    grid = (_cdiv(n * h * wd, GEMM_BM), _cdiv(c, GEMM_BN))
+    rt.launch(conv2d_backward_input_implicit_gemm, grid, GEMM_THREADS, (dx, dy, w))
+    return dx
+
+
+# ==================================================================== backward weight
+@cuda.jit(device=True)
+def wgrad_term(x, dy, r, f, c, p, q):
+    """dy[n,f,i,j] * x[n,c,i+p,j+q] for reduction position r = (n, i, j) -- shared by the
+    naive, atomic and reduce versions (CUDA C: a ``__device__ __forceinline__`` function;
+    numba inlines device functions too)."""
+    OH, OW = dy.shape[2], dy.shape[3]
+    n, s = r // (OH * OW), r % (OH * OW)
+    i, j = s // OW, s % OW
+    return dy[n, f, i, j] * x[n, c, i + p, j + q]
+
+
+@cuda.jit
+def conv2d_backward_weight_naive(dw, x, dy):
+    """naive: one thread per dw element (thread e -> dw.flat[e]), looping over all
+    r = (n,i,j) in order: deterministic, but only F*C*KH*KW threads, each a long serial
+    sum. Constraints: grid (ceil(F*C*KH*KW / 256)), block (256).
+    """
+    N, C, H, W = x.shape
+    _, F, OH, OW = dy.shape
+    KH, KW = H - OH + 1, W - OW + 1
+    e = cuda.grid(1)
+    if e >= F * C * KH * KW:
+        return
+    q, p = e % KW, (e // KW) % KH
+    c, f = (e // (KW * KH)) % C, e // (KW * KH * C)
+    acc = float32(0)
+    for r in range(N * OH * OW):
+        acc += wgrad_term(x, dy, r, f, c, p, q)
+    dw[f, c, p, q] = acc
+
+
+def launch_conv2d_backward_weight_naive(rt, x, dy):
+    n, c, h, wd = x.shape
+    _, f, oh, ow = dy.shape
+    dw = rt.empty((f, c, h - oh + 1, wd - ow + 1))
+    rt.launch(conv2d_backward_weight_naive, _cdiv(dw.size, NAIVE_BLOCK), NAIVE_BLOCK,
+              (dw, x, dy))
+    return dw
+
+
+@cuda.jit
+def conv2d_backward_weight_atomic(dw, x, dy):
+    """atomic: one thread per (dw element e, chunk of WGRAD_CHUNK=256 consecutive (n,i,j)
+    positions); it adds its partial sum into the zeroed dw with ``cuda.atomic.add``.
+
+    Thread idx -> e = idx % E (consecutive threads: consecutive q, contiguous x reads),
+    chunk = idx // E. R/256 times more threads than naive; but the order of the float
+    additions depends on timing: NOT bitwise reproducible from run to run. Constraints:
+    dw zero before the launch; grid (ceil(E * nchunks / 256)), block (256).
+    """
+    N, C, H, W = x.shape
+    _, F, OH, OW = dy.shape
+    KH, KW = H - OH + 1, W - OW + 1
+    E, R = F * C * KH * KW, N * OH * OW
+    nchunks = (R + WGRAD_CHUNK - 1) // WGRAD_CHUNK
+    idx = cuda.grid(1)
+    if idx >= E * nchunks:
+        return
+    e, chunk = idx % E, idx // E
+    q, p = e % KW, (e // KW) % KH
+    c, f = (e // (KW * KH)) % C, e // (KW * KH * C)
+    r1 = min(R, (chunk + 1) * WGRAD_CHUNK)
+    acc = float32(0)
+    for r in range(chunk * WGRAD_CHUNK, r1):
+        acc += wgrad_term(x, dy, r, f, c, p, q)
+    cuda.atomic.add(dw, (f, c, p, q), acc)        # CUDA C: atomicAdd(&dw[e], acc)
+
+
+def launch_conv2d_backward_weight_atomic(rt, x, dy):
+    n, c, h, wd = x.shape
+    _, f, oh, ow = dy.shape
+    dw = rt.zeros((f, c, h - oh + 1, wd - ow + 1))
+    nchunks = _cdiv(n * oh * ow, WGRAD_CHUNK)
+    rt.launch(conv2d_backward_weight_atomic, _cdiv(dw.size * nchunks, NAIVE_BLOCK), NAIVE_BLOCK,
+              (dw, x, dy))
+    return dw
+
+
+@cuda.jit
+def conv2d_backward_weight_reduce(dw, x, dy):
+    """reduce: WGRAD_RED_ELEMS=8 dw elements per 256-thread block, WGRAD_RED_THREADS=32
+    threads per element: thread (tx, ty) of block b works on e = b*8 + ty, summing positions
+    r = tx, tx+32, ...; the 32 partial sums of e are then added pairwise in a fixed tree
+    (16, 8, 4, 2, 1 apart) and thread tx = 0 writes dw[e]. Deterministic (same bits every
+    run), 32x more parallel than naive. Constraints: grid (ceil(E/8)), block (32, 8); every
+    thread reaches every barrier (the loop bounds are uniform; threads of a missing e add
+    zeros).
+    """
+    part = cuda.shared.array((WGRAD_RED_ELEMS, WGRAD_RED_THREADS), float32)
+    N, C, H, W = x.shape
+    _, F, OH, OW = dy.shape
+    KH, KW = H - OH + 1, W - OW + 1
+    E, R = F * C * KH * KW, N * OH * OW
+    tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+    e = cuda.blockIdx.x * WGRAD_RED_ELEMS + ty
+    q, p = e % KW, (e // KW) % KH
+    c, f = (e // (KW * KH)) % C, e // (KW * KH * C)
+    acc = float32(0)
+    if e < E:
+        for r in range(tx, R, WGRAD_RED_THREADS):
+            acc += wgrad_term(x, dy, r, f, c, p, q)
+    part[ty, tx] = acc
+    cuda.syncthreads()
+    stride = WGRAD_RED_THREADS // 2
+    while stride > 0:                           # CUDA C: for (stride = 16; stride > 0; stride >>= 1)
+        if tx < stride:
+            part[ty, tx] += part[ty, tx + stride]
+        cuda.syncthreads()
+        stride //= 2
+    if tx == 0 and e < E:
+        dw[f, c, p, q] = part[ty, 0]
+
+
+def launch_conv2d_backward_weight_reduce(rt, x, dy):
+    n, c, h, wd = x.shape
+    _, f, oh, ow = dy.shape
+    dw = rt.empty((f, c, h - oh + 1, wd - ow + 1))
+    rt.launch(conv2d_backward_weight_reduce, _cdiv(dw.size, WGRAD_RED_ELEMS),
+              (WGRAD_RED_THREADS, WGRAD_RED_ELEMS), (dw, x, dy))
+    return dw
+
+
+@cuda.jit
+def conv2d_backward_weight_implicit_gemm(dw2, x, dy):
+    """implicit_gemm: dw as a GEMM C[f, k] = sum_r A[f, r] * B[r, k], deterministic.
+
+    M = F, N = C*KH*KW (k = (c,p,q)), K = R = N*OH*OW (r = (n,i,j)); A[f,r] = dy[n,f,i,j],
+    B[r,k] = x[n,c,i+p,j+q] (the im2col matrix, gathered on the fly); dw2 = dw viewed as
+    (F, C*KH*KW). 64x64 dw tile per 256-thread block, 4x4 register block per thread: thread
+    t, tx = t%16, ty = t//16 owns f = f0 + ty + 16s, k = k0c + tx + 16r (consecutive tx write
+    consecutive dw addresses). The block walks all R positions itself (no split-K across
+    blocks, so no atomics): every output is summed in one fixed order. Constraints: grid
+    (ceil(F/64), ceil(C*KH*KW/64)), block (256).
+    """
+    N, C, H, W = x.shape
+    _, F, OH, OW = dy.shape
+    KH, KW = H - OH + 1, W - OW + 1
+    KK, OHW = KH * KW, OH * OW
+    KC, R = C * KK, N * OHW
+    As = cuda.shared.array((GEMM_BK, GEMM_BM_PAD), float32)   # [r][f]
+    Bs = cuda.shared.array((GEMM_BK, GEMM_BN), float32)              # [r][k]
+    acc = cuda.local.array((4, 4), float32)                          # [s: f][r: k]
+    a = cuda.local.array(4, float32)
+    bv = cuda.local.array(4, float32)
+    t = cuda.threadIdx.x
+    tx, ty = t % 16, t // 16
+    f0, k0c = cuda.blockIdx.x * GEMM_BM, cuda.blockIdx.y * GEMM_BN
+    # A loader: As[t%8][t//8 + 32u] = dy[n, f, s] -- 8 threads read 8 consecutive r of a row.
+    a_r, a_f = t % GEMM_BK, t // GEMM_BK
+    # B loader: Bs[t//64 + 4u][t%64] = x[n, c, i+p, j+q] -- fixed k = (c, p, q) per thread.
+    b_k, b_r = k0c + t % GEMM_BN, t // GEMM_BN
+    b_ok = b_k < KC
+    b_c, b_p, b_q = 0, 0, 0
+    if b_ok:
+        b_c, pq = b_k // KK, b_k % KK
+        b_p, b_q = pq // KW, pq % KW
+    for s in range(4):
+        for r in range(4):
+            acc[s, r] = float32(0)
+    for r0 in range(0, R, GEMM_BK):
+        for u in range(2):
+            ra, fa = r0 + a_r, f0 + a_f + 32 * u
+            va = float32(0)
+            if ra < R and fa < F:
+                n, sp = ra // OHW, ra % OHW
+                va = dy[n, fa, sp // OW, sp % OW]
+            As[a_r, a_f + 32 * u] = va
+            rb = r0 + b_r + 4 * u
+            vb = float32(0)
+            if rb < R and b_ok:
+                n, sp = rb // OHW, rb % OHW
+                vb = x[n, b_c, sp // OW + b_p, sp % OW + b_q]
+            Bs[b_r + 4 * u, t % GEMM_BN] = vb
+        cuda.syncthreads()
+        for kk in range(GEMM_BK):
+            for s in range(4):
+                a[s] = As[kk, ty + 16 * s]
+            for r in range(4):
+                bv[r] = Bs[kk, tx + 16 * r]
+            for s in range(4):
+                for r in range(4):
+                    acc[s, r] += a[s] * bv[r]
+        cuda.syncthreads()
+    for s in range(4):
+        f = f0 + ty + 16 * s
+        if f < F:
+            for r in range(4):
+                k = k0c + tx + 16 * r
+                if k < KC:
+                    dw2[f, k] = acc[s, r]
+
+
+def launch_conv2d_backward_weight_implicit_gemm(rt, x, dy):
+    n, c, h, wd = x.shape
+    _, f, oh, ow = dy.shape
+    kh, kw = h - oh + 1, wd - ow + 1
+    dw = rt.empty((f, c, kh, kw))
+    grid = (_cdiv(f, GEMM_BM), _cdiv(c * kh * kw, GEMM_BN))
+    rt.launch(conv2d_backward_weight_implicit_gemm, grid, GEMM_THREADS,
+              (dw.reshape(f, c * kh * kw), x, dy))
+    return dw
+
+
+# ====================================================================== backward bias
+@cuda.jit
+def conv2d_backward_bias_naive(db, dy):
+    """naive: one thread per f, serial sum over (n, i, j): deterministic; F threads in all.
+    Constraints: grid (ceil(F / 256)), block (256)."""
+    N, F, OH, OW = dy.shape
+    f = cuda.grid(1)
+    if f >= F:
+        return
+    acc = float32(0)
+    for n in range(N):
+        for i in range(OH):
+            for j in range(OW):
+                acc += dy[n, f, i, j]
+    db[f] = acc
+
+
+def launch_conv2d_backward_bias_naive(rt, dy):
+    db = rt.empty((dy.shape[1],))
+    rt.launch(conv2d_backward_bias_naive, _cdiv(db.size, NAIVE_BLOCK), NAIVE_BLOCK, (db, dy))
+    return db
+
+
+@cuda.jit
+def conv2d_backward_bias_reduce(db, dy):
+    """reduce: one BGRAD_THREADS=256-thread block per f (blockIdx.x = f): thread t sums
+    positions r = t, t+256, ... (consecutive threads read consecutive addresses of one
+    plane), then a fixed tree halves the 256 partial sums 8 times; thread 0 writes db[f].
+    Deterministic, 256x more parallel than naive. Constraints: grid (F), block (256).
+    """
+    part = cuda.shared.array(BGRAD_THREADS, float32)
+    N, F, OH, OW = dy.shape
+    f, t = cuda.blockIdx.x, cuda.threadIdx.x
+    OHW = OH * OW
+    acc = float32(0)
+    for r in range(t, N * OHW, BGRAD_THREADS):
+        n, s = r // OHW, r % OHW
+        acc += dy[n, f, s // OW, s % OW]
+    part[t] = acc
+    cuda.syncthreads()
+    stride = BGRAD_THREADS // 2
+    while stride > 0:
+        if t < stride:
+            part[t] += part[t + stride]
+        cuda.syncthreads()
+        stride //= 2
+    if t == 0:
+        db[f] = part[0]
+
+
+def launch_conv2d_backward_bias_reduce(rt, dy):
+    db = rt.empty((dy.shape[1],))
+    rt.launch(conv2d_backward_bias_reduce, db.size, BGRAD_THREADS, (db, dy))
+    return db
+
+
+# ============================================================================ tables
+VERSIONS = {
+    "conv2d_forward": {"naive": launch_conv2d_forward_naive,
+                       "tiled": launch_conv2d_forward_tiled,
+                       "implicit_gemm": launch_conv2d_forward_implicit_gemm},
+    "conv2d_backward_input": {"naive": launch_conv2d_backward_input_naive,
+                              "tiled": launch_conv2d_backward_input_tiled,
+                              "implicit_gemm": launch_conv2d_backward_input_implicit_gemm},
+    "conv2d_backward_weight": {"naive": launch_conv2d_backward_weight_naive,
+                               "atomic": launch_conv2d_backward_weight_atomic,
+                               "reduce": launch_conv2d_backward_weight_reduce,
+                               "implicit_gemm": launch_conv2d_backward_weight_implicit_gemm},
+    "conv2d_backward_bias": {"naive": launch_conv2d_backward_bias_naive,
+                             "reduce": launch_conv2d_backward_bias_reduce},
+}
+
+#: The version each op runs by default: the one expected fastest on a GPU (implicit GEMM's
+#: arithmetic intensity; the deterministic reductions). Not yet timed on a GPU: see bench/.
+DEFAULTS = {
+    "conv2d_forward": "implicit_gemm",
+    "conv2d_backward_input": "implicit_gemm",
+    "conv2d_backward_weight": "implicit_gemm",
+    "conv2d_backward_bias": "reduce",
+}
+
+# kernel -> numba signature of the arrays it is launched with (C-contiguous float32), for
+# the PTX compile check (tests/test_numba_compile.py).
+_A4, _A2, _A1 = "float32[:, :, :, ::1]", "float32[:, ::1]", "float32[::1]"
+PTX_SIGNATURES = {
+    "conv2d_forward_naive": (conv2d_forward_naive, f"({_A4}, {_A4}, {_A4}, {_A1})"),
+    "conv2d_forward_tiled": (conv2d_forward_tiled, f"({_A4}, {_A4}, {_A4}, {_A1})"),
+    "conv2d_forward_implicit_gemm": (conv2d_forward_implicit_gemm,
+                                     f"({_A4}, {_A4}, {_A2}, {_A1})"),
+    "conv2d_backward_input_naive": (conv2d_backward_input_naive, f"({_A4}, {_A4}, {_A4})"),
+    "conv2d_backward_input_tiled": (conv2d_backward_input_tiled, f"({_A4}, {_A4}, {_A4})"),
+    "conv2d_backward_input_implicit_gemm": (conv2d_backward_input_implicit_gemm,
+                                            f"({_A4}, {_A4}, {_A4})"),
+    "conv2d_backward_weight_naive": (conv2d_backward_weight_naive, f"({_A4}, {_A4}, {_A4})"),
+    "conv2d_backward_weight_atomic": (conv2d_backward_weight_atomic, f"({_A4}, {_A4}, {_A4})"),
+    "conv2d_backward_weight_reduce": (conv2d_backward_weight_reduce, f"({_A4}, {_A4}, {_A4})"),
+    "conv2d_backward_weight_implicit_gemm": (conv2d_backward_weight_implicit_gemm,
+                                             f"({_A2}, {_A4}, {_A4})"),
+    "conv2d_backward_bias_naive": (conv2d_backward_bias_naive, f"({_A1}, {_A4})"),
+    "conv2d_backward_bias_reduce": (conv2d_backward_bias_reduce, f"({_A1}, {_A4})"),
+}

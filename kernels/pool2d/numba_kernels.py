@@ -1,0 +1,280 @@
+"""Max-pooling with switches and switch unpooling as numba-cuda kernels: the Python
+translation of ``kernels/pool2d/maxpool2d.cu`` and ``kernels/pool2d/unpool2d.cu``.
+
+Versions (ladder order; the CUDA C files carry the same names and thread mappings):
+
+maxpool2d_forward    naive   one thread per output; row-major window scan, strict '>' (ties -> first); switch = h*W+w (int32)
+maxpool2d_backward   naive   scatter: one thread per dy value, stored at its switch in a zeroed dx (no atomics: windows never overlap)
+maxpool2d_backward   gather  one thread per dx pixel: reads the switch of its window (Caffe); every dx written once, no memset, no atomics
+unpool2d_forward     naive   scatter, the same kernel body as maxpool2d_backward naive (the contract says they are one op)
+unpool2d_forward     gather  gather, the same kernel body as maxpool2d_backward gather
+unpool2d_backward    naive   one thread per output: dy[n,c,i,j] = dx[n,c].flat[switch] (a gather)
+
+Switches are int32 flat in-plane indices ``h*W + w``. Pooling windows never overlap, so the
+scatter never has two values for one pixel and needs no atomics; the gather is the
+deterministic form that also writes the zeros (no memset).
+
+The gather and the pooling window size: the contract's ``maxpool2d_backward(dy, switches,
+input_hw)`` does not pass k. A pixel (h, v) may only hold the maximum of a window that
+covers it; for the k that produced the switches, that is window (h//k, v//k). Every k with
+``H//k == OH`` and ``W//k == OW`` is possible (usually exactly one: k=2 on 24x24 -> 12x12);
+the launcher computes the range [kmin, kmax] of such k (``k_range``) and each thread checks the windows
+(h//kmax .. h//kmin) x (v//kmax .. v//kmin) -- one window when k is unique, a handful
+otherwise. The gather therefore needs switches that lie inside their own window, as
+``maxpool2d_forward`` returns them (the scatter takes any in-range switches).
+
+Reading guide (numba here, CUDA C in the .cu files): ``cuda.grid(1)`` is
+``blockIdx.x*blockDim.x + threadIdx.x``; ``x[n, c, h, v]`` replaces the flat offset
+``((n*C + c)*H + h)*W + v`` (no pointer arithmetic: numba arrays carry their shape, CUDA C
+passes sizes as ints); ``dx[n, c, s // W, s % W]`` is ``dx[(size_t)plane*H*W + sw[idx]]``;
+``int32(arg)`` is the store into the ``int*`` switches; a zeroed output comes from
+``rt.zeros`` (``cupy.zeros``: a memset on the stream) before the scatter launch. The CUDA C
+file has one kernel per op, even where two ops share a body (maxpool2d_backward_naive and
+unpool2d_forward_naive); so does this one, so the names match one to one.
+A simulator example is in ``kernels/conv2d/numba_kernels.py``'s module docstring.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import cuda, float32, int32
+
+BLOCK = 256                 # threads per block, all pooling kernels (1-D grids)
+
+
+def _cdiv(a, b):
+    return (a + b - 1) // b
+
+
+# ============================================================================ maxpool forward
+@cuda.jit
+def maxpool2d_forward_naive(y, sw, x, k):
+    """naive: one thread per output (n,c,i,j) scans its k*k window (thread idx ->
+    y.flat[idx], sw.flat[idx]).
+
+    Plan: row-major scan, replace only on a strictly larger value (so ties go to the first
+    maximum in row-major window order, like the NumPy reference); write the maximum and its
+    flat in-plane index h*W + v as int32. Each x value is read by exactly one thread: one
+    pass over x, memory-bound, nothing to tile. Constraints: grid (ceil(N*C*OH*OW / 256)),
+    block (256); remainder rows/columns (H % k, W % k) are never read.
+    """
+    N, C, H, W = x.shape
+    OH, OW = H // k, W // k
+    idx = cuda.grid(1)
+    if idx >= N * C * OH * OW:
+        return
+    j = idx % OW
+    i = (idx // OW) % OH
+    c = (idx // (OW * OH)) % C
+    n = idx // (OW * OH * C)
+    arg = (i * k) * W + j * k
+    best = x[n, c, i * k, j * k]
+    for p in range(k):
+        for q in range(k):
+            val = x[n, c, i * k + p, j * k + q]
+            if val > best:                       # strict: the first maximum wins ties
+                best = val
+                arg = (i * k + p) * W + j * k + q
+    y[n, c, i, j] = best
+    sw[n, c, i, j] = int32(arg)
+
+
+def launch_maxpool2d_forward_naive(rt, x, k):
+    n, c, h, w = x.shape
+    y = rt.empty((n, c, h // k, w // k))
+    sw = rt.empty((n, c, h // k, w // k), dtype=np.int32)
+    rt.launch(maxpool2d_forward_naive, _cdiv(y.size, BLOCK), BLOCK, (y, sw, x, k))
+    return y, sw
+
+
+# ============================================================================ maxpool backward
+@cuda.jit
+def maxpool2d_backward_naive(dx, dy, sw):
+    """naive (scatter): dx zeroed first (a memset), then one thread per dy value writes it to
+    its switch (thread idx -> dy.flat[idx], stored at dx[n, c].flat[sw.flat[idx]]).
+
+    Windows never overlap, so no two threads hit one pixel: no atomics. Costs a memset plus
+    scattered (uncoalesced) stores. Constraints: dx zero before the launch; grid
+    (ceil(N*C*OH*OW / 256)), block (256).
+    """
+    N, C, OH, OW = dy.shape
+    W = dx.shape[3]
+    idx = cuda.grid(1)
+    if idx >= N * C * OH * OW:
+        return
+    j = idx % OW
+    i = (idx // OW) % OH
+    c = (idx // (OW * OH)) % C
+    n = idx // (OW * OH * C)
+    s = sw[n, c, i, j]
+    dx[n, c, s // W, s % W] = dy[n, c, i, j]
+
+
+def launch_maxpool2d_backward_naive(rt, dy, sw, input_hw):
+    dx = rt.zeros((dy.shape[0], dy.shape[1], input_hw[0], input_hw[1]))
+    rt.launch(maxpool2d_backward_naive, _cdiv(dy.size, BLOCK), BLOCK, (dx, dy, sw))
+    return dx
+
+
+@cuda.jit
+def maxpool2d_backward_gather(dx, dy, sw, kmin, kmax):
+    """gather: one thread per input pixel (n,c,h,v) (thread idx -> dx.flat[idx]): it reads
+    the switch of the window containing it and writes dy there if the switch is itself,
+    else 0 (Caffe's pooling backward).
+
+    Every dx element written exactly once, in order: coalesced, deterministic, no memset, no
+    atomics. k is not passed (see the module doc): the windows h//kmax .. h//kmin (clipped
+    to the pooled plane) are checked -- one window when kmin == kmax. Constraints: grid
+    (ceil(N*C*H*W / 256)), block (256); each switch must lie in its own window, as the
+    forward pass makes them.
+    """
+    N, C, OH, OW = dy.shape
+    H, W = dx.shape[2], dx.shape[3]
+    idx = cuda.grid(1)
+    if idx >= N * C * H * W:
+        return
+    v = idx % W
+    h = (idx // W) % H
+    c = (idx // (W * H)) % C
+    n = idx // (W * H * C)
+    me = h * W + v
+    val = float32(0)
+    for i in range(h // kmax, min(h // kmin, OH - 1) + 1):
+        for j in range(v // kmax, min(v // kmin, OW - 1) + 1):
+            if sw[n, c, i, j] == me:
+                val = dy[n, c, i, j]
+    dx[n, c, h, v] = val
+
+
+def k_range(pooled_hw, full_hw):
+    """(kmin, kmax): every window size k with H//k == OH and W//k == OW (host side, as in
+    the CUDA C launcher). Raises if there is none."""
+    (oh, ow), (h, w) = pooled_hw, full_hw
+    kmin = max(h // (oh + 1) + 1, w // (ow + 1) + 1)
+    kmax = min(h // oh, w // ow)
+    if kmin > kmax:
+        raise ValueError(
+            f"no pooling window size k turns a {h}x{w} plane into the {oh}x{ow} pooled plane "
+            f"(need H//k == {oh} and W//k == {ow}); pass the (H, W) of the maps that were "
+            f"pooled, or use version='naive' (a scatter that takes any in-range switches)")
+    return kmin, kmax
+
+
+def launch_maxpool2d_backward_gather(rt, dy, sw, input_hw):
+    kmin, kmax = k_range(dy.shape[2:], input_hw)
+    dx = rt.empty((dy.shape[0], dy.shape[1], input_hw[0], input_hw[1]))
+    rt.launch(maxpool2d_backward_gather, _cdiv(dx.size, BLOCK), BLOCK, (dx, dy, sw, kmin, kmax))
+    return dx
+
+
+# ============================================================================ unpool forward
+@cuda.jit
+def unpool2d_forward_naive(x, y, sw):
+    """naive (scatter): x zeroed first, one thread per y value writes it to its switch;
+    windows never overlap, so no atomics. The body of maxpool2d_backward_naive.
+    Constraints: x zero before the launch; grid (ceil(N*C*OH*OW / 256)), block (256).
+    """
+    N, C, OH, OW = y.shape
+    W = x.shape[3]
+    idx = cuda.grid(1)
+    if idx >= N * C * OH * OW:
+        return
+    j = idx % OW
+    i = (idx // OW) % OH
+    c = (idx // (OW * OH)) % C
+    n = idx // (OW * OH * C)
+    s = sw[n, c, i, j]
+    x[n, c, s // W, s % W] = y[n, c, i, j]
+
+
+def launch_unpool2d_forward_naive(rt, y, sw, output_hw):
+    x = rt.zeros((y.shape[0], y.shape[1], output_hw[0], output_hw[1]))
+    rt.launch(unpool2d_forward_naive, _cdiv(y.size, BLOCK), BLOCK, (x, y, sw))
+    return x
+
+
+@cuda.jit
+def unpool2d_forward_gather(x, y, sw, kmin, kmax):
+    """gather: one thread per output pixel (n,c,h,v): reads the switch of the window that
+    contains it, writes y there if the switch is itself, else 0. Every x element written
+    once, coalesced, no memset, no atomics. The body of maxpool2d_backward_gather, with the
+    same [kmin, kmax] window bracket. Constraints: grid (ceil(N*C*H*W / 256)), block (256).
+    """
+    N, C, OH, OW = y.shape
+    H, W = x.shape[2], x.shape[3]
+    idx = cuda.grid(1)
+    if idx >= N * C * H * W:
+        return
+    v = idx % W
+    h = (idx // W) % H
+    c = (idx // (W * H)) % C
+    n = idx // (W * H * C)
+    me = h * W + v
+    val = float32(0)
+    for i in range(h // kmax, min(h // kmin, OH - 1) + 1):
+        for j in range(v // kmax, min(v // kmin, OW - 1) + 1):
+            if sw[n, c, i, j] == me:
+                val = y[n, c, i, j]
+    x[n, c, h, v] = val
+
+
+def launch_unpool2d_forward_gather(rt, y, sw, output_hw):
+    kmin, kmax = k_range(y.shape[2:], output_hw)
+    x = rt.empty((y.shape[0], y.shape[1], output_hw[0], output_hw[1]))
+    rt.launch(unpool2d_forward_gather, _cdiv(x.size, BLOCK), BLOCK, (x, y, sw, kmin, kmax))
+    return x
+
+
+# ============================================================================ unpool backward
+@cuda.jit
+def unpool2d_backward_naive(dy, dx, sw):
+    """naive: one thread per pooled position (thread idx -> dy.flat[idx]): one coalesced
+    read of the switch, one gathered read of dx, one coalesced write. Nothing left to save.
+    Constraints: grid (ceil(N*C*OH*OW / 256)), block (256).
+    """
+    N, C, OH, OW = dy.shape
+    W = dx.shape[3]
+    idx = cuda.grid(1)
+    if idx >= N * C * OH * OW:
+        return
+    j = idx % OW
+    i = (idx // OW) % OH
+    c = (idx // (OW * OH)) % C
+    n = idx // (OW * OH * C)
+    s = sw[n, c, i, j]
+    dy[n, c, i, j] = dx[n, c, s // W, s % W]
+
+
+def launch_unpool2d_backward_naive(rt, dx, sw):
+    dy = rt.empty(sw.shape)
+    rt.launch(unpool2d_backward_naive, _cdiv(dy.size, BLOCK), BLOCK, (dy, dx, sw))
+    return dy
+
+
+# ============================================================================ tables
+VERSIONS = {
+    "maxpool2d_forward": {"naive": launch_maxpool2d_forward_naive},
+    "maxpool2d_backward": {"naive": launch_maxpool2d_backward_naive,
+                           "gather": launch_maxpool2d_backward_gather},
+    "unpool2d_forward": {"naive": launch_unpool2d_forward_naive,
+                         "gather": launch_unpool2d_forward_gather},
+    "unpool2d_backward": {"naive": launch_unpool2d_backward_naive},
+}
+
+#: Default versions: the gathers (coalesced, deterministic, no memset). Not yet timed on a GPU.
+DEFAULTS = {
+    "maxpool2d_forward": "naive",
+    "maxpool2d_backward": "gather",
+    "unpool2d_forward": "gather",
+    "unpool2d_backward": "naive",
+}
+
+_F4, _I4 = "float32[:, :, :, ::1]", "int32[:, :, :, ::1]"
+PTX_SIGNATURES = {
+    "maxpool2d_forward_naive": (maxpool2d_forward_naive, f"({_F4}, {_I4}, {_F4}, int64)"),
+    "maxpool2d_backward_naive": (maxpool2d_backward_naive, f"({_F4}, {_F4}, {_I4})"),
+    "maxpool2d_backward_gather": (maxpool2d_backward_gather,
+                                  f"({_F4}, {_F4}, {_I4}, int64, int64)"),
+    "unpool2d_forward_naive": (unpool2d_forward_naive, f"({_F4}, {_F4}, {_I4})"),
+    "unpool2d_forward_gather": (unpool2d_forward_gather, f"({_F4}, {_F4}, {_I4}, int64, int64)"),
+    "unpool2d_backward_naive": (unpool2d_backward_naive, f"({_F4}, {_F4}, {_I4})"),
+}
