@@ -262,6 +262,11 @@ def _backend_or_reason(name, **kw):
 
 
 @functools.lru_cache(maxsize=None)
+def _emulated(name):
+    return _backend_or_reason(name, emulate=True)
+
+
+@functools.lru_cache(maxsize=None)
 def backend_for(name):
     """(backend, reason) for 'numpy', 'cupy', 'numba' on real hardware (GPU ones need a GPU)."""
     if name in ("cupy", "numba"):
@@ -294,6 +299,19 @@ def op_impls(op, *, naive=False):
                 imp.skip = ("numpy naive is explicit Python loops (hours at batch 128); "
                             "timed in the tiny-shape group instead")
             out.append(imp)
+    if naive:
+        # the tiny group also shows the CUDA C kernels on the project's CPU emulator (cheap
+        # at this shape; host time of an emulator, no GPU meaning: device "emulator")
+        be, why = _emulated("cupy")
+        if be is None:
+            out.append(Impl("cupy-emulator/*", "cupy", "*", "emulator", skip=why))
+        else:
+            out += [Impl(f"cupy-emulator/{v}", "cupy", v, "emulator", be=be)
+                    for v in be.versions(op)]
+        out.append(Impl("numba-simulator/*", "numba", "*", "emulator",
+                        skip="numba's CUDA simulator runs every GPU thread as Python code "
+                             "(needs NUMBA_ENABLE_CUDASIM=1 before numba is imported): a "
+                             "correctness tool, not benchmarked"))
     torch = torch_module()
     if torch is None:
         out.append(Impl("torch/peer", "torch", "peer", "cpu", skip="torch is not installed"))
@@ -487,7 +505,10 @@ def run_timed(benchmark, fn, imp: Impl, *, budget=1.0, min_rounds=3):
     t0 = time.perf_counter()
     fn()                                       # warm-up (compiles, caches, page faults)
     if imp.device == "cuda":
-        imp.be.synchronize() if imp.be is not None else torch_module().cuda.synchronize()
+        if imp.be is not None:
+            imp.be.synchronize()
+        else:
+            torch_module().cuda.synchronize()
     dt = time.perf_counter() - t0
     rounds = rounds_for(dt, budget=budget, lo=min_rounds)
     return benchmark.pedantic(fn, rounds=rounds, warmup_rounds=1, iterations=1)

@@ -82,7 +82,7 @@ def throughput(r, t):
 
 
 def peer_of(rows, r):
-    want = "torch/cuda" if r["device"] == "cuda" else "torch/cpu"
+    want = {"cuda": "torch/cuda", "cpu": "torch/cpu"}.get(r["device"])
     for p in rows:
         if p["group"] == r["group"] and p["impl"] == want:
             return p
