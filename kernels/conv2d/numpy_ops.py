@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ..numpy_threads import batch_map, scratch
+from ..numpy_threads import batch_tasks, scratch
 
 
 # ============================================================================ naive
@@ -158,22 +158,23 @@ def conv2d_backward_bias_im2col(dy):
 # ============================================================================= fast
 # Two GEMM plans, picked per call by the shape (``_plane_plan``):
 #
-# * rows plan (deep layers: many channels, small planes, e.g. 100->150 5x5 on 12x12): the
-#   batch is one matrix of N*OH*OW rows.  x is copied to channels-last (N,H,W,C) so an
-#   im2col row is KH*KW runs of C contiguous values (column order (p,q,c)), and the
-#   col2im of the input gradient adds KH*KW blocks of contiguous C-runs.  One GEMM per op.
+# * rows plan (deep layers: many channels, small planes, e.g. 100->150 5x5 on 12x12): a
+#   batch slice is one matrix of n*OH*OW rows.  x is copied to channels-last (N,H,W,C) so
+#   an im2col row is KH*KW runs of C contiguous values (column order (p,q,c)), and the
+#   col2im of the input gradient adds KH*KW blocks of contiguous C-runs.
 # * plane plan (first layers: few channels, large planes, e.g. 1->100 5x5 on 28x28): each
 #   image is a (C*KH*KW, OH*OW) column matrix in NCHW order, and a stacked matmul produces
-#   the (N,F,OH*OW) = NCHW result directly, with no transpose of the (large) output.
+#   the (n,F,OH*OW) = NCHW result directly, with no transpose of the (large) output.
 #
-# The GEMMs run on every core (BLAS); the copies and adds around them are split over the
-# batch across threads (``batch_map``), and the big temporaries are reused ``scratch``
-# buffers (see kernels/numpy_threads.py).  Float32 stays float32 throughout.
+# Either way the batch is cut into tasks of a few images whose whole pipeline (im2col ->
+# GEMM -> col2im / transpose) runs on data that stays in the caches; the tasks run on all
+# cores with single-threaded BLAS (``batch_tasks``, kernels/numpy_threads.py), the
+# temporaries are per-thread ``scratch`` buffers, and float32 stays float32 throughout.
 
 
 def _plane_plan(c, kh, kw, oh, ow):
     """True when an image's output plane (OH*OW) is at least as long as a column
-    (C*KH*KW): per-image GEMMs in NCHW then beat one channels-last GEMM + transposes."""
+    (C*KH*KW): per-image GEMMs in NCHW then beat channels-last GEMMs + transposes."""
     return oh * ow >= c * kh * kw
 
 
@@ -185,130 +186,135 @@ def _view(a, shape):
 
 
 def _cols_rows(x, kh, kw):
-    """im2col rows (scratch): (N*OH*OW, KH*KW*C), row (n,i,j), column (p,q,c)."""
+    """im2col rows of a batch slice (scratch): (n*OH*OW, KH*KW*C), column order (p,q,c)."""
     n_, c_, h, wd = x.shape
     oh, ow = h - kh + 1, wd - kw + 1
+    xh = scratch("x_nhwc", (n_, h, wd, c_), x.dtype)
+    np.copyto(xh, x.transpose(0, 2, 3, 1))
     cols = scratch("cols", (n_, oh, ow, kh, kw, c_), x.dtype)
-
-    def work(lo, hi):
-        xh = np.ascontiguousarray(x[lo:hi].transpose(0, 2, 3, 1))       # (n,H,W,C)
-        win = sliding_window_view(xh, (kh, kw), axis=(1, 2))             # (n,OH,OW,C,KH,KW)
-        np.copyto(cols[lo:hi], win.transpose(0, 1, 2, 4, 5, 3))
-
-    batch_map(work, n_, cols.size)
+    win = sliding_window_view(xh, (kh, kw), axis=(1, 2))                 # (n,OH,OW,C,KH,KW)
+    np.copyto(cols, win.transpose(0, 1, 2, 4, 5, 3))
     return cols.reshape(n_ * oh * ow, kh * kw * c_)
 
 
 def _cols_planes(x, kh, kw, ones_row=False):
-    """Per-image columns (scratch): (N, C*KH*KW [+1], OH*OW), row (c,p,q), column (i,j);
+    """Per-image columns of a batch slice (scratch): (n, C*KH*KW [+1], OH*OW), row (c,p,q);
     with ``ones_row`` a last row of ones, so a GEMM with [W | b] adds the bias."""
     n_, c_, h, wd = x.shape
     oh, ow = h - kh + 1, wd - kw + 1
     k = c_ * kh * kw
     cols = scratch("cols", (n_, k + ones_row, oh * ow), x.dtype)
-    win = sliding_window_view(x, (kh, kw), axis=(2, 3))                  # (N,C,OH,OW,KH,KW)
-
-    def work(lo, hi):
-        if ones_row:
-            cols[lo:hi, k] = 1
-        np.copyto(_view(cols[lo:hi, :k], (hi - lo, c_, kh, kw, oh, ow)),
-                  win[lo:hi].transpose(0, 1, 4, 5, 2, 3))
-
-    batch_map(work, n_, cols.size)
+    if ones_row:
+        cols[:, k] = 1
+    win = sliding_window_view(x, (kh, kw), axis=(2, 3))                  # (n,C,OH,OW,KH,KW)
+    np.copyto(_view(cols[:, :k], (n_, c_, kh, kw, oh, ow)), win.transpose(0, 1, 4, 5, 2, 3))
     return cols
 
 
 def _dy_rows(dy):
-    """dy as an (N*OH*OW, F) matrix (scratch, channels-last copy)."""
+    """A batch slice of dy as an (n*OH*OW, F) matrix (scratch, channels-last copy)."""
     n_, f_, oh, ow = dy.shape
     rows = scratch("dy_rows", (n_, oh, ow, f_), dy.dtype)
-
-    def work(lo, hi):
-        np.copyto(rows[lo:hi], dy[lo:hi].transpose(0, 2, 3, 1))
-
-    batch_map(work, n_, rows.size)
+    np.copyto(rows, dy.transpose(0, 2, 3, 1))
     return rows.reshape(n_ * oh * ow, f_)
 
 
 def conv2d_forward_fast(x, w, b):
-    """Plane plan: y_n = [W | b] @ [cols_n ; 1] (stacked GEMM, NCHW out, bias in the GEMM).
-    Rows plan: y_rows = cols @ W^T (one GEMM), then one pass that transposes to NCHW and
-    adds the bias."""
+    """Per task of images: plane plan y_n = [W | b] @ [cols_n ; 1] (stacked GEMM, NCHW out,
+    bias inside the GEMM); rows plan y_rows = cols @ W^T, then one pass that transposes
+    the slice to NCHW and adds the bias."""
     n_, c_, h, wd = x.shape
     f_, _, kh, kw = w.shape
     oh, ow = h - kh + 1, wd - kw + 1
+    k = c_ * kh * kw
+    y = np.empty((n_, f_, oh, ow), dtype=x.dtype)
+    isz = x.dtype.itemsize
     if _plane_plan(c_, kh, kw, oh, ow):
-        k = c_ * kh * kw
         wb = np.empty((f_, k + 1), dtype=x.dtype)
         wb[:, :k] = w.reshape(f_, k)
         wb[:, k] = b
-        y = np.matmul(wb, _cols_planes(x, kh, kw, ones_row=True))        # (N,F,OH*OW)
-        return y.reshape(n_, f_, oh, ow)
-    cols = _cols_rows(x, kh, kw)                                         # (N*OH*OW, K)
-    wt = np.ascontiguousarray(w.transpose(2, 3, 1, 0)).reshape(-1, f_)   # (K, F), K=(p,q,c)
-    y_rows = np.matmul(cols, wt, out=scratch("y_rows", (cols.shape[0], f_), x.dtype))
-    y_rows = y_rows.reshape(n_, oh, ow, f_)
-    y = np.empty((n_, f_, oh, ow), dtype=x.dtype)
-    b3 = b.reshape(f_, 1, 1)
+        y3 = y.reshape(n_, f_, oh * ow)
 
-    def work(lo, hi):
-        np.add(y_rows[lo:hi].transpose(0, 3, 1, 2), b3, out=y[lo:hi])
+        def task(lo, hi):
+            np.matmul(wb, _cols_planes(x[lo:hi], kh, kw, ones_row=True), out=y3[lo:hi])
+    else:
+        wt = np.ascontiguousarray(w.transpose(2, 3, 1, 0)).reshape(k, f_)  # (K, F), (p,q,c)
+        b3 = b.reshape(f_, 1, 1)
 
-    batch_map(work, n_, y.size)
+        def task(lo, hi):
+            cols = _cols_rows(x[lo:hi], kh, kw)
+            y_rows = np.matmul(cols, wt, out=scratch("y_rows", (cols.shape[0], f_), x.dtype))
+            np.add(y_rows.reshape(hi - lo, oh, ow, f_).transpose(0, 3, 1, 2), b3,
+                   out=y[lo:hi])
+    batch_tasks(task, n_, (k + f_) * oh * ow * isz)
     return y
 
 
 def conv2d_backward_input_fast(dy, w):
-    """GEMM, then col2im of KH*KW shifted adds.
+    """Per task of images: GEMM, then col2im of KH*KW shifted adds.
 
-    Rows plan: cols = dy_rows @ W (one GEMM, columns (p,q,c)), added into a channels-last
-    dx so each add walks contiguous C-runs, then transposed to NCHW (per batch slice).
+    Rows plan: cols = dy_rows @ W (columns (p,q,c)), added into a channels-last dx slice so
+    each add walks contiguous C-runs, then transposed into the NCHW result.
     Plane plan: cols_n = W^T @ dy_n (stacked GEMM on NCHW dy, no transpose), added into
-    NCHW dx in row-runs of OW values."""
+    the NCHW result in row-runs of OW values."""
     n_, f_, oh, ow = dy.shape
     _, c_, kh, kw = w.shape
     h, wd = oh + kh - 1, ow + kw - 1
+    k = c_ * kh * kw
     dx = np.empty((n_, c_, h, wd), dtype=dy.dtype)
     if _plane_plan(c_, kh, kw, oh, ow):
-        cols = scratch("cols", (n_, c_ * kh * kw, oh * ow), dy.dtype)
-        np.matmul(w.reshape(f_, -1).T, dy.reshape(n_, f_, oh * ow), out=cols)
-        cols = cols.reshape(n_, c_, kh, kw, oh, ow)
+        wT = np.ascontiguousarray(w.reshape(f_, k).T)                   # (CKK, F)
 
-        def work(lo, hi):
+        def task(lo, hi):
+            m = hi - lo
+            cols = scratch("cols", (m, k, oh * ow), dy.dtype)
+            np.matmul(wT, dy[lo:hi].reshape(m, f_, oh * ow), out=cols)
+            cols = cols.reshape(m, c_, kh, kw, oh, ow)
             d = dx[lo:hi]
             d.fill(0)
             for p in range(kh):
                 for q in range(kw):
-                    d[:, :, p:p + oh, q:q + ow] += cols[lo:hi, :, p, q]
+                    d[:, :, p:p + oh, q:q + ow] += cols[:, :, p, q]
     else:
-        wm = np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(f_, -1)  # (F, K), (p,q,c)
-        dyr = _dy_rows(dy)
-        cols = np.matmul(dyr, wm, out=scratch("cols", (dyr.shape[0], wm.shape[1]), dy.dtype))
-        cols = cols.reshape(n_, oh, ow, kh, kw, c_)
+        wm = np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(f_, k)  # (F, K), (p,q,c)
 
-        def work(lo, hi):
-            dxh = np.zeros((hi - lo, h, wd, c_), dtype=dy.dtype)
+        def task(lo, hi):
+            m = hi - lo
+            dyr = _dy_rows(dy[lo:hi])
+            cols = np.matmul(dyr, wm, out=scratch("cols", (dyr.shape[0], k), dy.dtype))
+            cols = cols.reshape(m, oh, ow, kh, kw, c_)
+            dxh = scratch("dx_nhwc", (m, h, wd, c_), dy.dtype)
+            dxh.fill(0)
             for p in range(kh):
                 for q in range(kw):
-                    dxh[:, p:p + oh, q:q + ow, :] += cols[lo:hi, :, :, p, q, :]
+                    dxh[:, p:p + oh, q:q + ow, :] += cols[:, :, :, p, q, :]
             np.copyto(dx[lo:hi], dxh.transpose(0, 3, 1, 2))
-
-    batch_map(work, n_, dx.size * kh * kw)
+    batch_tasks(task, n_, (k + f_) * oh * ow * dy.dtype.itemsize)
     return dx
 
 
 def conv2d_backward_weight_fast(x, dy):
-    """Rows plan: dW = dy_rows^T @ cols (one GEMM over N*OH*OW), reordered (p,q,c)->(c,p,q).
-    Plane plan: dW = sum_n dy_n @ cols_n^T (stacked GEMM on NCHW dy, then a small sum)."""
+    """Per task of images a partial dW, summed at the end: rows plan dy_rows^T @ cols
+    (reordered (p,q,c) -> (c,p,q) once at the end); plane plan sum_n dy_n @ cols_n^T."""
     n_, c_, h, wd = x.shape
     _, f_, oh, ow = dy.shape
     kh, kw = h - oh + 1, wd - ow + 1
-    if _plane_plan(c_, kh, kw, oh, ow):
-        cols = _cols_planes(x, kh, kw)                                   # (N, CKK, OH*OW)
-        dw = np.matmul(dy.reshape(n_, f_, oh * ow), cols.transpose(0, 2, 1)).sum(axis=0)
+    k = c_ * kh * kw
+    plane = _plane_plan(c_, kh, kw, oh, ow)
+
+    def task(lo, hi):
+        m = hi - lo
+        if plane:
+            cols = _cols_planes(x[lo:hi], kh, kw)                       # (m, CKK, OH*OW)
+            part = np.matmul(dy[lo:hi].reshape(m, f_, oh * ow), cols.transpose(0, 2, 1))
+            return part.sum(axis=0)
+        return _dy_rows(dy[lo:hi]).T @ _cols_rows(x[lo:hi], kh, kw)     # (F, (p,q,c))
+    parts = batch_tasks(task, n_, (k + f_) * oh * ow * x.dtype.itemsize)
+    dw = parts[0]
+    for part in parts[1:]:
+        dw += part
+    if plane:
         return dw.reshape(f_, c_, kh, kw)
-    dyr = _dy_rows(dy)
-    dw = dyr.T @ _cols_rows(x, kh, kw)                                   # (F, KH*KW*C)
     return np.ascontiguousarray(dw.reshape(f_, kh, kw, c_).transpose(0, 3, 1, 2))
 
 
