@@ -127,20 +127,22 @@ def batch_map(fn, n, elements):
         f.result()
 
 
-def batch_tasks(fn, n, bytes_per_item):
-    """Call ``fn(lo, hi)`` on consecutive slices of ``range(n)`` of about ``TASK_BYTES``
-    working set each (``bytes_per_item`` per batch item), on the thread pool with BLAS
-    pinned to one thread. Returns the list of results in slice order.
+def batch_tasks(fn, n, bytes_per_item, target=TASK_BYTES, blas=True):
+    """Call ``fn(lo, hi)`` on consecutive slices of ``range(n)`` of about ``target`` bytes
+    of working set each (``bytes_per_item`` per batch item), on the thread pool; with
+    ``blas`` (the tasks call BLAS) BLAS is pinned to one thread meanwhile. Returns the list
+    of results in slice order.
 
-    With one thread, or a BLAS whose threads cannot be pinned, runs the whole batch as
-    one call in this thread (BLAS keeps its own threads)."""
+    With one thread, or (``blas``) a BLAS whose threads cannot be pinned, runs the whole
+    batch as one call in this thread (BLAS keeps its own threads)."""
     t = min(num_threads(), n)
-    if t <= 1 or blas_controls() is None or n * bytes_per_item < 4 * MIN_PARALLEL_ELEMENTS:
+    if (t <= 1 or (blas and blas_controls() is None)
+            or n * bytes_per_item < 4 * MIN_PARALLEL_ELEMENTS):
         return [fn(0, n)]
-    step = max(1, min(math.ceil(n / t), TASK_BYTES // max(1, bytes_per_item)))
+    step = max(1, min(math.ceil(n / t), target // max(1, bytes_per_item)))
     bounds = list(range(0, n, step)) + [n]
     pool = _executor(t)
-    with blas_single_thread():
+    with blas_single_thread() if blas else contextlib.nullcontext():
         futures = [pool.submit(fn, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
         return [f.result() for f in futures]
 

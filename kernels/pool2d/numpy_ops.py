@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..numpy_threads import batch_map
+from ..numpy_threads import batch_tasks
+
+#: working set of one pooling task: a slice that stays in a core's L2 cache.
+POOL_TASK_BYTES = 1 << 20
 
 
 # ============================================================================ naive
@@ -113,8 +116,8 @@ def unpool2d_backward_argmax(dx, switches):
 
 # ============================================================================= fast
 # Strided views instead of a window copy, comparisons instead of argmax over a tiny axis,
-# flat put/take for the switch-driven ops; each op split over the batch across threads
-# (``batch_map``, kernels/numpy_threads.py: NumPy releases the GIL inside its loops).
+# flat put/take for the switch-driven ops; each op split over the batch into cache-sized tasks
+# run on all cores (``batch_tasks``, kernels/numpy_threads.py: NumPy releases the GIL).
 def _maxpool_slice(x, k, y, sw):
     """Pool one batch slice into ``y``/``sw`` (both (n,C,OH,OW), preallocated)."""
     wd = x.shape[3]
@@ -158,7 +161,8 @@ def maxpool2d_forward_fast(x, k):
     oh, ow = h // k, wd // k
     y = np.empty((n_, c_, oh, ow), dtype=x.dtype)
     sw = np.empty((n_, c_, oh, ow), dtype=np.int32)
-    batch_map(lambda lo, hi: _maxpool_slice(x[lo:hi], k, y[lo:hi], sw[lo:hi]), n_, x.size)
+    batch_tasks(lambda lo, hi: _maxpool_slice(x[lo:hi], k, y[lo:hi], sw[lo:hi]), n_,
+                x[0].nbytes * 2, target=POOL_TASK_BYTES, blas=False)
     return y, sw
 
 
@@ -180,7 +184,7 @@ def maxpool2d_backward_fast(dy, switches, input_hw):
         d.fill(0)
         np.put(d, _flat_index(switches[lo:hi], h * wd), dy[lo:hi])
 
-    batch_map(work, n_, dx.size)
+    batch_tasks(work, n_, dx[0].nbytes * 2, target=POOL_TASK_BYTES, blas=False)
     return dx
 
 
@@ -196,7 +200,7 @@ def unpool2d_backward_fast(dx, switches):
     def work(lo, hi):
         np.take(dx[lo:hi], _flat_index(switches[lo:hi], h * wd), out=dy[lo:hi].reshape(-1))
 
-    batch_map(work, switches.shape[0], dx.size)
+    batch_tasks(work, switches.shape[0], dx[0].nbytes, target=POOL_TASK_BYTES, blas=False)
     return dy
 
 
