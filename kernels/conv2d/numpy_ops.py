@@ -5,10 +5,16 @@ Versions, ladder order (see ``kernels/contract.py`` for the contract):
 * ``naive`` -- one Python loop nest per op, written to be read: the definition of each op
   that every other version (CUDA C, numba, ``fast``) is tested against. Slow: use it on
   small shapes only.
-* ``fast``  -- im2col through a zero-copy sliding-window view, then one BLAS GEMM per op;
-  the weight/input gradients reuse the same column layout. ``conv2d_backward_input`` does
-  its GEMM first and then a col2im of KH*KW strided adds (so col2im is O(N*C*H*W*KH*KW)
-  cheap additions, never the bottleneck).
+* ``im2col`` -- im2col through a zero-copy sliding-window view of NCHW x, then one BLAS
+  GEMM per op; ``conv2d_backward_input`` does its GEMM first and then a col2im of KH*KW
+  strided adds. Simple, but its column copy gathers C with a stride of H*W, and its col2im
+  reads every cache line of the columns KH*KW times.
+* ``fast`` (default) -- the same GEMMs with the layouts BLAS and the copies want, and the
+  work cut into cache-sized batch tasks run on all cores (see the block comment above
+  ``conv2d_forward_fast``): channels-last columns for the deep layers (contiguous C-runs in
+  im2col and col2im), per-image NCHW columns for the first layers (the big output comes
+  out of the GEMM already NCHW; the bias rides in the GEMM as a row of ones).
+  ``bench/bench_conv2d.py`` times every version at the paper's shapes.
 
 All functions take arguments that already passed the contract checks, and return new
 C-contiguous arrays of the input dtype.

@@ -5,9 +5,13 @@ Versions, ladder order (see ``kernels/contract.py`` for the contract):
 * ``naive`` -- explicit loops, written to be read: the definition every other version is
   tested against. Ties go to the first maximum in row-major window order because the scan
   only replaces the running maximum on a strictly larger value.
-* ``fast``  -- the k x k windows as a reshaped view (N,C,OH,OW,k*k), ``argmax`` over the last
-  axis (first maximum wins, the same tie rule), and flat ``put``/``take`` along each plane
-  for the switch-driven ops.
+* ``argmax`` -- the k x k windows copied to (N,C,OH,OW,k*k), ``argmax`` over the last axis
+  (first maximum wins, the same tie rule), and ``put``/``take_along_axis`` along each plane
+  for the switch-driven ops. Simple; the window copy and the argmax over a tiny axis are slow.
+* ``fast`` (default) -- no window copy: the maximum by ``np.maximum`` over strided views
+  (rows, then columns), the switch by equality with the maximum scanned in row-major
+  order; flat ``put``/``take`` for the switch-driven ops; cache-sized batch tasks on all
+  cores. ``bench/bench_pool2d.py`` times every version at the paper's shapes.
 
 Switches are int32 flat in-plane indices ``h*W + w`` (PyTorch's ``return_indices``).
 ``maxpool2d_backward`` and ``unpool2d_forward`` are the same scatter; ``unpool2d_backward``
