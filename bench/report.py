@@ -238,7 +238,7 @@ def plots(rows, outdir):
         impls = sorted({r["impl"] for r in sel}, key=impl_order)
         if not cats or not impls:
             return
-        fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(cats) * max(1, len(impls)) ** 0.5 + 3), 4.5))
+        fig, ax = plt.subplots(figsize=(min(12, 4 + 0.6 * len(cats)), 4.5))
         width = 0.8 / len(impls)
         for j, imp in enumerate(impls):
             xs, ys = [], []
@@ -261,9 +261,9 @@ def plots(rows, outdir):
         plt.close(fig)
         made.append(path)
 
-    short = {"conv2d_forward": "fwd", "conv2d_backward_input": "∂x", "conv2d_backward_weight": "∂w",
-             "conv2d_backward_bias": "∂b", "maxpool2d_forward": "pool", "maxpool2d_backward":
-             "pool∂", "unpool2d_forward": "unpool", "unpool2d_backward": "unpool∂"}
+    short = {"conv2d_forward": "fwd", "conv2d_backward_input": "dx", "conv2d_backward_weight": "dw",
+             "conv2d_backward_bias": "db", "maxpool2d_forward": "pool", "maxpool2d_backward":
+             "pool-bwd", "unpool2d_forward": "unpool", "unpool2d_backward": "unpool-bwd"}
     for ds in ("mnist", "cifar"):
         sel = [r for r in rows if r.get("kind") == "op" and r["layer"].startswith(ds + "-conv")]
         bars(sel, lambda r: f"{r['layer'].split('-')[1]} {short[r['op']]}",
@@ -321,7 +321,11 @@ def build(data, outdir):
     path = os.path.join(outdir, "report.md")
     with open(path, "w") as f:
         f.write("\n".join(md))
-    return path, pngs
+    summary = ["# Latest benchmark results", "", machine_md(data), ""]
+    if s:
+        summary += [s, ""]
+    summary += [issue2_section(rows), ""]
+    return path, pngs, "\n".join(summary)
 
 
 def main(argv=None):
@@ -330,8 +334,17 @@ def main(argv=None):
     ap.add_argument("json", nargs="?", default=os.path.join(here, "results", "local",
                                                             "benchmark.json"))
     ap.add_argument("-o", "--outdir", default=None, help="default: the JSON's folder")
+    ap.add_argument("--latest", default=None,
+                    help="also write a summary (machine, steps, issue 2) to this markdown file, "
+                         "linking to the full report")
     a = ap.parse_args(argv)
-    path, pngs = build(load(a.json), a.outdir or os.path.dirname(os.path.abspath(a.json)))
+    outdir = a.outdir or os.path.dirname(os.path.abspath(a.json))
+    path, pngs, summary = build(load(a.json), outdir)
+    if a.latest:
+        rel = os.path.relpath(path, os.path.dirname(os.path.abspath(a.latest)))
+        with open(a.latest, "w") as f:
+            f.write(summary + f"\nFull report, every group and the plots: [{rel}]({rel})\n")
+        print(a.latest)
     print(path)
     for p in pngs:
         print(p)
