@@ -205,3 +205,51 @@ def test_train_step(benchmark, kind, imp):
         impl=imp.label, backend=imp.backend, version=imp.version, device=imp.device,
         flop=flop, bytes=0, metric="GFLOP/s", peer=imp.backend == "torch")
     bl.run_timed(benchmark, fn, imp, budget=6.0 if kind == "cnn" else 2.0, min_rounds=7)
+
+
+@pytest.mark.parametrize("kind", ["cnn", "cae"])
+def test_train_step_paired(benchmark, kind):
+    """numpy step and torch step *interleaved* (torch in pedantic's untimed setup, timed
+    by hand; numpy timed by pytest-benchmark and by hand): each round's ratio numpy/torch
+    is taken under the same machine load, which a shared machine needs. The group's
+    extra_info holds the per-round times and ratios."""
+    import time
+    torch = bl.torch_module()
+    if torch is None:
+        pytest.skip("torch is not installed")
+    be = bl.get_backend("numpy")
+    x, y = batch()
+    _validate(kind, _model(kind, be), be, torch, x, y)
+    model = _model(kind, be)
+    tstep, _ = (torch_cnn if kind == "cnn" else torch_cae)(torch, model.state_dict())
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+    t_torch, t_numpy = [], []
+
+    def torch_round():
+        t0 = time.perf_counter()
+        tstep(tx, ty) if kind == "cnn" else tstep(tx)
+        t_torch.append(time.perf_counter() - t0)
+
+    def numpy_round():
+        t0 = time.perf_counter()
+        model.train_step(x, y, LR) if kind == "cnn" else model.train_step(x, LR)
+        t_numpy.append(time.perf_counter() - t0)
+
+    for _ in range(2):                                   # warm-up both
+        torch_round()
+        numpy_round()
+    t_torch.clear()
+    t_numpy.clear()
+    benchmark.group = f"train step {kind}-mnist N={N}, paired rounds (numpy timed, torch between)"
+    benchmark.pedantic(numpy_round, setup=torch_round, rounds=15 if kind == "cnn" else 25,
+                       warmup_rounds=0, iterations=1)
+    ratios = [a / b for a, b in zip(t_numpy, t_torch)]
+    benchmark.extra_info.update(
+        kind="paired", op=f"{kind}_train_step", layer=f"{kind}-mnist", shape=f"N={N}",
+        impl="numpy (paired with torch/cpu)", backend="numpy", version="default",
+        device="cpu", flop=bl.cnn_step_flop() if kind == "cnn" else bl.cae_step_flop(),
+        bytes=0, metric="GFLOP/s", peer=False,
+        torch_times=t_torch, numpy_times=t_numpy,
+        paired_ratio_median=float(np.median(ratios)),
+        ratio_of_mins=min(t_numpy) / min(t_torch),
+        ratio_of_medians=float(np.median(t_numpy) / np.median(t_torch)))

@@ -156,7 +156,7 @@ def group_table(rows, peaks):
 
 def step_section(rows):
     steps = [r for r in rows if r.get("kind") == "step"]
-    if not steps:
+    if not steps and not any(r.get("kind") == "paired" for r in rows):
         return "", {}
     out, ratios = ["## Training steps (batch 128)", ""], {}
     out.append("| step | implementation | median | min | GFLOP/s | vs torch (median) | "
@@ -174,11 +174,29 @@ def step_section(rows):
                        f"{_fmt_t(r['min'])} | {r['flop'] / r['median'] / 1e9:.1f} | "
                        f"{'peer' if p is r else (f'{rm:.2f}×' if rm else '–')} | "
                        f"{'peer' if p is r else (f'{rn:.2f}×' if rn else '–')} |")
+    paired = [r for r in rows if r.get("kind") == "paired"]
+    if paired:
+        out += ["", "Paired rounds (numpy step and torch step interleaved, so each pair sees the "
+                "same machine load):", "",
+                "| step | rounds | numpy median | torch median | median of per-round ratios | "
+                "ratio of medians | ratio of mins |", "|---|---|---|---|---|---|---|"]
+        for r in sorted(paired, key=lambda r: r["layer"]):
+            import statistics
+            out.append(f"| {r['layer']} | {len(r['numpy_times'])} | "
+                       f"{_fmt_t(statistics.median(r['numpy_times']))} | "
+                       f"{_fmt_t(statistics.median(r['torch_times']))} | "
+                       f"**{r['paired_ratio_median']:.2f}×** | {r['ratio_of_medians']:.2f}× | "
+                       f"{r['ratio_of_mins']:.2f}× |")
+            ratios[(r["layer"], "paired")] = (r["paired_ratio_median"], r["ratio_of_mins"])
     cnn = ratios.get(("cnn-mnist", "numpy"))
     if cnn:
         ok = "meets" if cnn[0] <= 1.3 else "misses"
         out += ["", f"**CPU target** (numpy CNN step ≤ 1.3× torch, same run): "
                 f"**{cnn[0]:.2f}×** by median, {cnn[1]:.2f}× by min — {ok} the target."]
+        pr = ratios.get(("cnn-mnist", "paired"))
+        if pr:
+            out.append(f"Paired (interleaved) rounds: median per-round ratio **{pr[0]:.2f}×**, "
+                       f"ratio of mins {pr[1]:.2f}×.")
         before = ratios.get(("cnn-mnist", "numpy-before"))
         if before:
             out.append(f"Before the optimisation (same model on the original `im2col`/`argmax` "
@@ -309,7 +327,7 @@ def build(data, outdir):
            ""]
     kinds = defaultdict(list)
     for r in rows:
-        if r.get("kind") != "step":
+        if r.get("kind") not in ("step", "paired"):
             kinds[r["group"]].append(r)
     for g in sorted(kinds, key=lambda g: (kinds[g][0]["layer"], g)):
         md += [f"### {g}", "", group_table(kinds[g], peaks), ""]
