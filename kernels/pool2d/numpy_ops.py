@@ -157,6 +157,30 @@ def _maxpool_slice(x, k, y, sw):
            + np.arange(ow, dtype=np.int32) * np.int32(k))      # window origin i*k*W + j*k
 
 
+def _maxpool2x2_slice(x, y, sw):
+    """k = 2, the paper's pooling, in fewer passes: with a, b / c, d the window's rows,
+    top = max(a, b), bottom = max(c, d), y = max(top, bottom); the winner is in the bottom
+    row only if bottom > top (strictly), and inside a row the right one only if it is
+    strictly larger -- the first maximum in row-major order, as in the naive scan."""
+    wd = x.shape[3]
+    oh, ow = y.shape[2:]
+    a, b = x[:, :, 0:2 * oh:2, 0:2 * ow:2], x[:, :, 0:2 * oh:2, 1:2 * ow:2]
+    c, d = x[:, :, 1:2 * oh:2, 0:2 * ow:2], x[:, :, 1:2 * oh:2, 1:2 * ow:2]
+    top = np.maximum(a, b)
+    bot = np.maximum(c, d)
+    np.maximum(top, bot, out=y)
+    right_top = np.greater(b, a)
+    right_bot = np.greater(d, c)
+    below = np.greater(bot, top)
+    # in-window offset: below ? W + right_bot : right_top   (as int32 arithmetic)
+    np.add(right_bot, np.int32(wd), out=sw, dtype=np.int32)
+    sw -= right_top
+    sw *= below
+    sw += right_top
+    sw += (np.arange(oh, dtype=np.int32).reshape(oh, 1) * np.int32(2 * wd)
+           + np.arange(ow, dtype=np.int32) * np.int32(2))      # window origin 2i*W + 2j
+
+
 def maxpool2d_forward_fast(x, k):
     """Max by two passes of ``np.maximum`` on strided views (rows, then columns); switch
     by equality with the max, scanning window positions in row-major order so the first
@@ -165,7 +189,13 @@ def maxpool2d_forward_fast(x, k):
     oh, ow = h // k, wd // k
     y = np.empty((n_, c_, oh, ow), dtype=x.dtype)
     sw = np.empty((n_, c_, oh, ow), dtype=np.int32)
-    batch_tasks(lambda lo, hi: _maxpool_slice(x[lo:hi], k, y[lo:hi], sw[lo:hi]), n_,
+    if k == 2:
+        def task(lo, hi):
+            _maxpool2x2_slice(x[lo:hi], y[lo:hi], sw[lo:hi])
+    else:
+        def task(lo, hi):
+            _maxpool_slice(x[lo:hi], k, y[lo:hi], sw[lo:hi])
+    batch_tasks(task, n_,
                 x[0].nbytes * 2, target=POOL_TASK_BYTES, blas=False)
     return y, sw
 
