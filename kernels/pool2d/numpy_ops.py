@@ -23,8 +23,8 @@ import numpy as np
 
 from ..numpy_threads import batch_tasks
 
-#: working set of one pooling task: a slice that stays in a core's L2 cache.
-POOL_TASK_BYTES = 1 << 20
+#: working set of one pooling task (measured: 4 MB beats 1, 2, 8 and 64 MB on 2 cores).
+POOL_TASK_BYTES = 4 << 20
 
 
 # ============================================================================ naive
