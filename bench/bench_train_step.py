@@ -207,8 +207,34 @@ def test_train_step(benchmark, kind, imp):
     bl.run_timed(benchmark, fn, imp, budget=6.0 if kind == "cnn" else 2.0, min_rounds=7)
 
 
+@pytest.fixture(params=["all-threads", "1-thread"])
+def threads(request, monkeypatch):
+    """'1-thread': NumPy's BLAS, its batch tasks and torch all on one thread -- a per-core
+    comparison, much less sensitive than thread teams to a busy shared machine."""
+    if request.param == "all-threads":
+        yield None
+        return
+    from kernels import numpy_threads
+    torch = bl.torch_module()
+    ctl = numpy_threads.blas_controls()
+    old_t = torch.get_num_threads() if torch is not None else None
+    old_b = ctl[0]() if ctl else None
+    monkeypatch.setenv("SCAE_NP_THREADS", "1")
+    if torch is not None:
+        torch.set_num_threads(1)
+    if ctl:
+        ctl[1](1)
+    try:
+        yield 1
+    finally:
+        if torch is not None:
+            torch.set_num_threads(old_t)
+        if ctl:
+            ctl[1](old_b)
+
+
 @pytest.mark.parametrize("kind", ["cnn", "cae"])
-def test_train_step_paired(benchmark, kind):
+def test_train_step_paired(benchmark, kind, threads):
     """numpy step and torch step *interleaved* (torch in pedantic's untimed setup, timed
     by hand; numpy timed by pytest-benchmark and by hand): each round's ratio numpy/torch
     is taken under the same machine load, which a shared machine needs. The group's
@@ -240,12 +266,15 @@ def test_train_step_paired(benchmark, kind):
         numpy_round()
     t_torch.clear()
     t_numpy.clear()
-    benchmark.group = f"train step {kind}-mnist N={N}, paired rounds (numpy timed, torch between)"
+    tag = "" if threads is None else ", 1 thread each"
+    benchmark.group = (f"train step {kind}-mnist N={N}, paired rounds (numpy timed, torch "
+                       f"between){tag}")
     benchmark.pedantic(numpy_round, setup=torch_round, rounds=15 if kind == "cnn" else 25,
                        warmup_rounds=0, iterations=1)
     ratios = [a / b for a, b in zip(t_numpy, t_torch)]
     benchmark.extra_info.update(
-        kind="paired", op=f"{kind}_train_step", layer=f"{kind}-mnist", shape=f"N={N}",
+        kind="paired", op=f"{kind}_train_step", shape=f"N={N}",
+        layer=f"{kind}-mnist" + ("" if threads is None else " (1 thread)"),
         impl="numpy (paired with torch/cpu)", backend="numpy", version="default",
         device="cpu", flop=bl.cnn_step_flop() if kind == "cnn" else bl.cae_step_flop(),
         bytes=0, metric="GFLOP/s", peer=False,

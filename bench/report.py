@@ -197,6 +197,11 @@ def step_section(rows):
         if pr:
             out.append(f"Paired (interleaved) rounds: median per-round ratio **{pr[0]:.2f}×**, "
                        f"ratio of mins {pr[1]:.2f}×.")
+        p1 = ratios.get(("cnn-mnist (1 thread)", "paired"))
+        if p1:
+            out.append(f"One thread each (per-core work, least sensitive to the shared "
+                       f"machine): median per-round ratio **{p1[0]:.2f}×**, ratio of mins "
+                       f"{p1[1]:.2f}×.")
         before = ratios.get(("cnn-mnist", "numpy-before"))
         if before:
             out.append(f"Before the optimisation (same model on the original `im2col`/`argmax` "
