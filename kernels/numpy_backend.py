@@ -1,7 +1,9 @@
 """The ``numpy`` backend: the CPU reference and the CPU production path.
 
-Versions per op: ``naive`` (explicit loops; the definition used by the tests) and ``fast``
-(im2col + BLAS; the default). Computes in float32 or float64 (float64 for gradient checks).
+Versions per op: ``naive`` (explicit loops; the definition used by the tests), then the
+first vectorised rung (``im2col`` for convolutions, ``argmax`` for pooling), then ``fast``
+(the default: cache-sized batch tasks on all cores, layouts chosen for BLAS; see
+``kernels/numpy_threads.py``). Computes in float32 or float64 (float64 for gradient checks).
 The op code lives beside each op's other backends: ``kernels/conv2d/numpy_ops.py`` and
 ``kernels/pool2d/numpy_ops.py``.
 """

@@ -5,10 +5,16 @@ Versions, ladder order (see ``kernels/contract.py`` for the contract):
 * ``naive`` -- one Python loop nest per op, written to be read: the definition of each op
   that every other version (CUDA C, numba, ``fast``) is tested against. Slow: use it on
   small shapes only.
-* ``fast``  -- im2col through a zero-copy sliding-window view, then one BLAS GEMM per op;
-  the weight/input gradients reuse the same column layout. ``conv2d_backward_input`` does
-  its GEMM first and then a col2im of KH*KW strided adds (so col2im is O(N*C*H*W*KH*KW)
-  cheap additions, never the bottleneck).
+* ``im2col`` -- im2col through a zero-copy sliding-window view of NCHW x, then one BLAS
+  GEMM per op; ``conv2d_backward_input`` does its GEMM first and then a col2im of KH*KW
+  strided adds. Simple, but its column copy gathers C with a stride of H*W, and its col2im
+  reads every cache line of the columns KH*KW times.
+* ``fast`` (default) -- the same GEMMs with the layouts BLAS and the copies want, and the
+  work cut into cache-sized batch tasks run on all cores (see the block comment above
+  ``conv2d_forward_fast``): channels-last columns for the deep layers (contiguous C-runs in
+  im2col and col2im), per-image NCHW columns for the first layers (the big output comes
+  out of the GEMM already NCHW; the bias rides in the GEMM as a row of ones).
+  ``bench/bench_conv2d.py`` times every version at the paper's shapes.
 
 All functions take arguments that already passed the contract checks, and return new
 C-contiguous arrays of the input dtype.
@@ -17,6 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
+
+from ..numpy_threads import batch_tasks, scratch
 
 
 # ============================================================================ naive
@@ -97,7 +105,7 @@ def conv2d_backward_bias_naive(dy):
     return db
 
 
-# ============================================================================= fast
+# =========================================================================== im2col
 def _im2col(x, kh, kw):
     """Columns of x as a (N*OH*OW, C*KH*KW) matrix, row (n,i,j), column (c,p,q).
 
@@ -108,7 +116,7 @@ def _im2col(x, kh, kw):
     return win.transpose(0, 2, 3, 1, 4, 5).reshape(n_ * oh * ow, c_ * kh * kw)
 
 
-def conv2d_forward_fast(x, w, b):
+def conv2d_forward_im2col(x, w, b):
     """im2col, then y_cols = cols @ W^T + b: one GEMM of (N*OH*OW, CKK) x (CKK, F)."""
     n_, c_, h, wd = x.shape
     f_, _, kh, kw = w.shape
@@ -119,7 +127,7 @@ def conv2d_forward_fast(x, w, b):
     return np.ascontiguousarray(y.reshape(n_, oh, ow, f_).transpose(0, 3, 1, 2))
 
 
-def conv2d_backward_input_fast(dy, w):
+def conv2d_backward_input_im2col(dy, w):
     """GEMM first, then col2im: cols = dy_rows @ W, scattered back by KH*KW strided adds.
 
     dy_rows is dy as an (N*OH*OW, F) matrix; cols (N,OH,OW,C,KH,KW) holds, for every output
@@ -138,7 +146,7 @@ def conv2d_backward_input_fast(dy, w):
     return np.ascontiguousarray(dx.transpose(0, 3, 1, 2))
 
 
-def conv2d_backward_weight_fast(x, dy):
+def conv2d_backward_weight_im2col(x, dy):
     """dW = dy_rows^T @ cols: one GEMM of (F, N*OH*OW) x (N*OH*OW, C*KH*KW)."""
     n_, c_, h, wd = x.shape
     _, f_, oh, ow = dy.shape
@@ -148,17 +156,183 @@ def conv2d_backward_weight_fast(x, dy):
     return np.ascontiguousarray((dy_rows.T @ cols).reshape(f_, c_, kh, kw))
 
 
-def conv2d_backward_bias_fast(dy):
+def conv2d_backward_bias_im2col(dy):
     """db = sum of dy over batch and plane."""
     return np.ascontiguousarray(dy.sum(axis=(0, 2, 3), dtype=dy.dtype))
 
 
+# ============================================================================= fast
+# Two GEMM plans, picked per call by the shape (``_plane_plan``):
+#
+# * rows plan (deep layers: many channels, small planes, e.g. 100->150 5x5 on 12x12): a
+#   batch slice is one matrix of n*OH*OW rows.  x is copied to channels-last (N,H,W,C) so
+#   an im2col row is KH*KW runs of C contiguous values (column order (p,q,c)), and the
+#   col2im of the input gradient adds KH*KW blocks of contiguous C-runs.
+# * plane plan (first layers: few channels, large planes, e.g. 1->100 5x5 on 28x28): each
+#   image is a (C*KH*KW, OH*OW) column matrix in NCHW order, and a stacked matmul produces
+#   the (n,F,OH*OW) = NCHW result directly, with no transpose of the (large) output.
+#
+# Either way the batch is cut into tasks of a few images whose whole pipeline (im2col ->
+# GEMM -> col2im / transpose) runs on data that stays in the caches; the tasks run on all
+# cores with single-threaded BLAS (``batch_tasks``, kernels/numpy_threads.py), the
+# temporaries are per-thread ``scratch`` buffers, and float32 stays float32 throughout.
+
+
+def _plane_plan(c, kh, kw, oh, ow):
+    """True when an image's output plane (OH*OW) is at least as long as a column
+    (C*KH*KW): per-image GEMMs in NCHW then beat channels-last GEMMs + transposes."""
+    return oh * ow >= c * kh * kw
+
+
+def _view(a, shape):
+    """``a`` seen with ``shape`` without copying (raises instead of silently copying)."""
+    v = a.view()
+    v.shape = shape
+    return v
+
+
+def _cols_rows(x, kh, kw):
+    """im2col rows of a batch slice (scratch): (n*OH*OW, KH*KW*C), column order (p,q,c)."""
+    n_, c_, h, wd = x.shape
+    oh, ow = h - kh + 1, wd - kw + 1
+    xh = scratch("x_nhwc", (n_, h, wd, c_), x.dtype)
+    np.copyto(xh, x.transpose(0, 2, 3, 1))
+    cols = scratch("cols", (n_, oh, ow, kh, kw, c_), x.dtype)
+    win = sliding_window_view(xh, (kh, kw), axis=(1, 2))                 # (n,OH,OW,C,KH,KW)
+    np.copyto(cols, win.transpose(0, 1, 2, 4, 5, 3))
+    return cols.reshape(n_ * oh * ow, kh * kw * c_)
+
+
+def _cols_planes(x, kh, kw, ones_row=False):
+    """Per-image columns of a batch slice (scratch): (n, C*KH*KW [+1], OH*OW), row (c,p,q);
+    with ``ones_row`` a last row of ones, so a GEMM with [W | b] adds the bias."""
+    n_, c_, h, wd = x.shape
+    oh, ow = h - kh + 1, wd - kw + 1
+    k = c_ * kh * kw
+    cols = scratch("cols", (n_, k + ones_row, oh * ow), x.dtype)
+    if ones_row:
+        cols[:, k] = 1
+    win = sliding_window_view(x, (kh, kw), axis=(2, 3))                  # (n,C,OH,OW,KH,KW)
+    np.copyto(_view(cols[:, :k], (n_, c_, kh, kw, oh, ow)), win.transpose(0, 1, 4, 5, 2, 3))
+    return cols
+
+
+def _dy_rows(dy):
+    """A batch slice of dy as an (n*OH*OW, F) matrix (scratch, channels-last copy)."""
+    n_, f_, oh, ow = dy.shape
+    rows = scratch("dy_rows", (n_, oh, ow, f_), dy.dtype)
+    np.copyto(rows, dy.transpose(0, 2, 3, 1))
+    return rows.reshape(n_ * oh * ow, f_)
+
+
+def conv2d_forward_fast(x, w, b):
+    """Per task of images: plane plan y_n = [W | b] @ [cols_n ; 1] (stacked GEMM, NCHW out,
+    bias inside the GEMM); rows plan y_rows = cols @ W^T, then one pass that transposes
+    the slice to NCHW and adds the bias."""
+    n_, c_, h, wd = x.shape
+    f_, _, kh, kw = w.shape
+    oh, ow = h - kh + 1, wd - kw + 1
+    k = c_ * kh * kw
+    y = np.empty((n_, f_, oh, ow), dtype=x.dtype)
+    isz = x.dtype.itemsize
+    if _plane_plan(c_, kh, kw, oh, ow):
+        wb = np.empty((f_, k + 1), dtype=x.dtype)
+        wb[:, :k] = w.reshape(f_, k)
+        wb[:, k] = b
+        y3 = y.reshape(n_, f_, oh * ow)
+
+        def task(lo, hi):
+            np.matmul(wb, _cols_planes(x[lo:hi], kh, kw, ones_row=True), out=y3[lo:hi])
+    else:
+        wt = np.ascontiguousarray(w.transpose(2, 3, 1, 0)).reshape(k, f_)  # (K, F), (p,q,c)
+        b3 = b.reshape(f_, 1, 1)
+
+        def task(lo, hi):
+            cols = _cols_rows(x[lo:hi], kh, kw)
+            y_rows = np.matmul(cols, wt, out=scratch("y_rows", (cols.shape[0], f_), x.dtype))
+            np.add(y_rows.reshape(hi - lo, oh, ow, f_).transpose(0, 3, 1, 2), b3,
+                   out=y[lo:hi])
+    batch_tasks(task, n_, (k + f_) * oh * ow * isz)
+    return y
+
+
+def conv2d_backward_input_fast(dy, w):
+    """Per task of images: GEMM, then col2im of KH*KW shifted adds.
+
+    Rows plan: cols = dy_rows @ W (columns (p,q,c)), added into a channels-last dx slice so
+    each add walks contiguous C-runs, then transposed into the NCHW result.
+    Plane plan: cols_n = W^T @ dy_n (stacked GEMM on NCHW dy, no transpose), added into
+    the NCHW result in row-runs of OW values."""
+    n_, f_, oh, ow = dy.shape
+    _, c_, kh, kw = w.shape
+    h, wd = oh + kh - 1, ow + kw - 1
+    k = c_ * kh * kw
+    dx = np.empty((n_, c_, h, wd), dtype=dy.dtype)
+    if _plane_plan(c_, kh, kw, oh, ow):
+        wT = np.ascontiguousarray(w.reshape(f_, k).T)                   # (CKK, F)
+
+        def task(lo, hi):
+            m = hi - lo
+            cols = scratch("cols", (m, k, oh * ow), dy.dtype)
+            np.matmul(wT, dy[lo:hi].reshape(m, f_, oh * ow), out=cols)
+            cols = cols.reshape(m, c_, kh, kw, oh, ow)
+            d = dx[lo:hi]
+            d.fill(0)
+            for p in range(kh):
+                for q in range(kw):
+                    d[:, :, p:p + oh, q:q + ow] += cols[:, :, p, q]
+    else:
+        wm = np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(f_, k)  # (F, K), (p,q,c)
+
+        def task(lo, hi):
+            m = hi - lo
+            dyr = _dy_rows(dy[lo:hi])
+            cols = np.matmul(dyr, wm, out=scratch("cols", (dyr.shape[0], k), dy.dtype))
+            cols = cols.reshape(m, oh, ow, kh, kw, c_)
+            dxh = scratch("dx_nhwc", (m, h, wd, c_), dy.dtype)
+            dxh.fill(0)
+            for p in range(kh):
+                for q in range(kw):
+                    dxh[:, p:p + oh, q:q + ow, :] += cols[:, :, :, p, q, :]
+            np.copyto(dx[lo:hi], dxh.transpose(0, 3, 1, 2))
+    batch_tasks(task, n_, (k + f_) * oh * ow * dy.dtype.itemsize)
+    return dx
+
+
+def conv2d_backward_weight_fast(x, dy):
+    """Per task of images a partial dW, summed at the end: rows plan dy_rows^T @ cols
+    (reordered (p,q,c) -> (c,p,q) once at the end); plane plan sum_n dy_n @ cols_n^T."""
+    n_, c_, h, wd = x.shape
+    _, f_, oh, ow = dy.shape
+    kh, kw = h - oh + 1, wd - ow + 1
+    k = c_ * kh * kw
+    plane = _plane_plan(c_, kh, kw, oh, ow)
+
+    def task(lo, hi):
+        m = hi - lo
+        if plane:
+            cols = _cols_planes(x[lo:hi], kh, kw)                       # (m, CKK, OH*OW)
+            part = np.matmul(dy[lo:hi].reshape(m, f_, oh * ow), cols.transpose(0, 2, 1))
+            return part.sum(axis=0)
+        return _dy_rows(dy[lo:hi]).T @ _cols_rows(x[lo:hi], kh, kw)     # (F, (p,q,c))
+    parts = batch_tasks(task, n_, (k + f_) * oh * ow * x.dtype.itemsize)
+    dw = parts[0]
+    for part in parts[1:]:
+        dw += part
+    if plane:
+        return dw.reshape(f_, c_, kh, kw)
+    return np.ascontiguousarray(dw.reshape(f_, kh, kw, c_).transpose(0, 3, 1, 2))
+
+
+def conv2d_backward_bias_fast(dy):
+    """db = sum of dy over batch and plane (contiguous plane sums first)."""
+    n_, f_ = dy.shape[:2]
+    return dy.reshape(n_, f_, -1).sum(axis=2).sum(axis=0)
+
+
 VERSIONS = {
-    "conv2d_forward": {"naive": conv2d_forward_naive, "fast": conv2d_forward_fast},
-    "conv2d_backward_input": {"naive": conv2d_backward_input_naive,
-                              "fast": conv2d_backward_input_fast},
-    "conv2d_backward_weight": {"naive": conv2d_backward_weight_naive,
-                               "fast": conv2d_backward_weight_fast},
-    "conv2d_backward_bias": {"naive": conv2d_backward_bias_naive,
-                             "fast": conv2d_backward_bias_fast},
+    op: {"naive": globals()[f"{op}_naive"], "im2col": globals()[f"{op}_im2col"],
+         "fast": globals()[f"{op}_fast"]}
+    for op in ("conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight",
+               "conv2d_backward_bias")
 }

@@ -5,9 +5,13 @@ Versions, ladder order (see ``kernels/contract.py`` for the contract):
 * ``naive`` -- explicit loops, written to be read: the definition every other version is
   tested against. Ties go to the first maximum in row-major window order because the scan
   only replaces the running maximum on a strictly larger value.
-* ``fast``  -- the k x k windows as a reshaped view (N,C,OH,OW,k*k), ``argmax`` over the last
-  axis (first maximum wins, the same tie rule), and flat ``put``/``take`` along each plane
-  for the switch-driven ops.
+* ``argmax`` -- the k x k windows copied to (N,C,OH,OW,k*k), ``argmax`` over the last axis
+  (first maximum wins, the same tie rule), and ``put``/``take_along_axis`` along each plane
+  for the switch-driven ops. Simple; the window copy and the argmax over a tiny axis are slow.
+* ``fast`` (default) -- no window copy: the maximum by ``np.maximum`` over strided views
+  (rows, then columns), the switch by equality with the maximum scanned in row-major
+  order; flat ``put``/``take`` for the switch-driven ops; cache-sized batch tasks on all
+  cores. ``bench/bench_pool2d.py`` times every version at the paper's shapes.
 
 Switches are int32 flat in-plane indices ``h*W + w`` (PyTorch's ``return_indices``).
 ``maxpool2d_backward`` and ``unpool2d_forward`` are the same scatter; ``unpool2d_backward``
@@ -16,6 +20,11 @@ is the matching gather. Windows never overlap, so no two values land on one pixe
 from __future__ import annotations
 
 import numpy as np
+
+from ..numpy_threads import batch_tasks
+
+#: working set of one pooling task (measured: 4 MB beats 1, 2, 8 and 64 MB on 2 cores).
+POOL_TASK_BYTES = 4 << 20
 
 
 # ============================================================================ naive
@@ -71,8 +80,8 @@ def unpool2d_backward_naive(dx, switches):
     return dy
 
 
-# ============================================================================= fast
-def maxpool2d_forward_fast(x, k):
+# =========================================================================== argmax
+def maxpool2d_forward_argmax(x, k):
     n_, c_, h, wd = x.shape
     oh, ow = h // k, wd // k
     win = (x[:, :, :oh * k, :ow * k]
@@ -88,7 +97,7 @@ def maxpool2d_forward_fast(x, k):
     return np.ascontiguousarray(y), switches
 
 
-def maxpool2d_backward_fast(dy, switches, input_hw):
+def maxpool2d_backward_argmax(dy, switches, input_hw):
     n_, c_, oh, ow = dy.shape
     h, wd = input_hw
     dx = np.zeros((n_ * c_, h * wd), dtype=dy.dtype)
@@ -97,11 +106,11 @@ def maxpool2d_backward_fast(dy, switches, input_hw):
     return dx.reshape(n_, c_, h, wd)
 
 
-def unpool2d_forward_fast(y, switches, output_hw):
-    return maxpool2d_backward_fast(y, switches, output_hw)
+def unpool2d_forward_argmax(y, switches, output_hw):
+    return maxpool2d_backward_argmax(y, switches, output_hw)
 
 
-def unpool2d_backward_fast(dx, switches):
+def unpool2d_backward_argmax(dx, switches):
     n_, c_, oh, ow = switches.shape
     h, wd = dx.shape[2:]
     dy = np.take_along_axis(dx.reshape(n_ * c_, h * wd),
@@ -109,9 +118,129 @@ def unpool2d_backward_fast(dx, switches):
     return dy.reshape(n_, c_, oh, ow)
 
 
+# ============================================================================= fast
+# Strided views instead of a window copy, comparisons instead of argmax over a tiny axis,
+# flat put/take for the switch-driven ops; each op split over the batch into cache-sized tasks
+# run on all cores (``batch_tasks``, kernels/numpy_threads.py: NumPy releases the GIL).
+def _maxpool_slice(x, k, y, sw):
+    """Pool one batch slice into ``y``/``sw`` (both (n,C,OH,OW), preallocated)."""
+    wd = x.shape[3]
+    oh, ow = y.shape[2:]
+    xc = x[:, :, :oh * k, :ow * k]
+    # the maximum: first over the k rows of each window (whole contiguous rows), then over
+    # the k columns of the row-maxima
+    r = xc[:, :, 0::k, :].copy()
+    for p in range(1, k):
+        np.maximum(r, xc[:, :, p::k, :], out=r)
+    np.copyto(y, r[..., 0::k])
+    for q in range(1, k):
+        np.maximum(y, r[..., q::k], out=y)
+    # the switch: the first window position, in row-major order, that holds the maximum.
+    # ``missing`` marks windows whose maximum was not found yet; each later position adds
+    # its code step (p*W + q minus the previous code) to the windows still missing.
+    missing = np.not_equal(xc[:, :, 0::k, 0::k], y)
+    hit = np.empty(y.shape, dtype=bool)
+    step = np.empty(y.shape, dtype=np.int32)
+    sw.fill(0)
+    prev = 0
+    for p in range(k):
+        for q in range(k):
+            if p == 0 and q == 0:
+                continue
+            code = p * wd + q
+            np.multiply(missing, np.int32(code - prev), out=step)
+            sw += step
+            prev = code
+            np.not_equal(xc[:, :, p::k, q::k], y, out=hit)
+            missing &= hit
+    sw += (np.arange(oh, dtype=np.int32).reshape(oh, 1) * np.int32(k * wd)
+           + np.arange(ow, dtype=np.int32) * np.int32(k))      # window origin i*k*W + j*k
+
+
+def _maxpool2x2_slice(x, y, sw):
+    """k = 2, the paper's pooling, in fewer passes: with a, b / c, d the window's rows,
+    top = max(a, b), bottom = max(c, d), y = max(top, bottom); the winner is in the bottom
+    row only if bottom > top (strictly), and inside a row the right one only if it is
+    strictly larger -- the first maximum in row-major order, as in the naive scan."""
+    wd = x.shape[3]
+    oh, ow = y.shape[2:]
+    a, b = x[:, :, 0:2 * oh:2, 0:2 * ow:2], x[:, :, 0:2 * oh:2, 1:2 * ow:2]
+    c, d = x[:, :, 1:2 * oh:2, 0:2 * ow:2], x[:, :, 1:2 * oh:2, 1:2 * ow:2]
+    top = np.maximum(a, b)
+    bot = np.maximum(c, d)
+    np.maximum(top, bot, out=y)
+    right_top = np.greater(b, a)
+    right_bot = np.greater(d, c)
+    below = np.greater(bot, top)
+    # in-window offset: below ? W + right_bot : right_top   (as int32 arithmetic)
+    np.add(right_bot, np.int32(wd), out=sw, dtype=np.int32)
+    sw -= right_top
+    sw *= below
+    sw += right_top
+    sw += (np.arange(oh, dtype=np.int32).reshape(oh, 1) * np.int32(2 * wd)
+           + np.arange(ow, dtype=np.int32) * np.int32(2))      # window origin 2i*W + 2j
+
+
+def maxpool2d_forward_fast(x, k):
+    """Max by two passes of ``np.maximum`` on strided views (rows, then columns); switch
+    by equality with the max, scanning window positions in row-major order so the first
+    maximum wins ties (the naive rule). NaN: y is NaN where a window holds a NaN."""
+    n_, c_, h, wd = x.shape
+    oh, ow = h // k, wd // k
+    y = np.empty((n_, c_, oh, ow), dtype=x.dtype)
+    sw = np.empty((n_, c_, oh, ow), dtype=np.int32)
+    if k == 2:
+        def task(lo, hi):
+            _maxpool2x2_slice(x[lo:hi], y[lo:hi], sw[lo:hi])
+    else:
+        def task(lo, hi):
+            _maxpool_slice(x[lo:hi], k, y[lo:hi], sw[lo:hi])
+    batch_tasks(task, n_,
+                x[0].nbytes * 2, target=POOL_TASK_BYTES, blas=False)
+    return y, sw
+
+
+def _flat_index(switches, plane):
+    """Switches as indices into the flattened (N*C*H*W) array: plane offset + in-plane."""
+    n_, c_ = switches.shape[:2]
+    base = np.arange(0, n_ * c_ * plane, plane, dtype=np.intp).reshape(n_, c_, 1, 1)
+    return (switches + base).reshape(-1)
+
+
+def maxpool2d_backward_fast(dy, switches, input_hw):
+    """Scatter: a flat ``put`` of dy into a zeroed dx at plane offset + switch."""
+    n_, c_ = dy.shape[:2]
+    h, wd = input_hw
+    dx = np.empty((n_, c_, h, wd), dtype=dy.dtype)
+
+    def work(lo, hi):
+        d = dx[lo:hi]
+        d.fill(0)
+        np.put(d, _flat_index(switches[lo:hi], h * wd), dy[lo:hi])
+
+    batch_tasks(work, n_, dx[0].nbytes * 2, target=POOL_TASK_BYTES, blas=False)
+    return dx
+
+
+def unpool2d_forward_fast(y, switches, output_hw):
+    return maxpool2d_backward_fast(y, switches, output_hw)
+
+
+def unpool2d_backward_fast(dx, switches):
+    """Gather: one flat ``take`` of dx at plane offset + switch."""
+    h, wd = dx.shape[2:]
+    dy = np.empty(switches.shape, dtype=dx.dtype)
+
+    def work(lo, hi):
+        np.take(dx[lo:hi], _flat_index(switches[lo:hi], h * wd), out=dy[lo:hi].reshape(-1))
+
+    batch_tasks(work, switches.shape[0], dx[0].nbytes, target=POOL_TASK_BYTES, blas=False)
+    return dy
+
+
 VERSIONS = {
-    "maxpool2d_forward": {"naive": maxpool2d_forward_naive, "fast": maxpool2d_forward_fast},
-    "maxpool2d_backward": {"naive": maxpool2d_backward_naive, "fast": maxpool2d_backward_fast},
-    "unpool2d_forward": {"naive": unpool2d_forward_naive, "fast": unpool2d_forward_fast},
-    "unpool2d_backward": {"naive": unpool2d_backward_naive, "fast": unpool2d_backward_fast},
+    op: {"naive": globals()[f"{op}_naive"], "argmax": globals()[f"{op}_argmax"],
+         "fast": globals()[f"{op}_fast"]}
+    for op in ("maxpool2d_forward", "maxpool2d_backward", "unpool2d_forward",
+               "unpool2d_backward")
 }

@@ -1,0 +1,69 @@
+"""Convolution benchmarks: every backend x version of the four conv ops, and the PyTorch
+peer (torch.nn.functional / torch.nn.grad: oneDNN on a CPU, cuDNN on a GPU), at the
+paper's layer shapes (MNIST and CIFAR-10 conv1/2/3, batch 128).
+
+One pytest-benchmark group per (op, layer), so each table compares like with like. Every
+implementation's result is validated against the reference (benchlib.reference) on the
+same inputs before it is timed. The explicit-loop ``numpy/naive`` versions are timed only
+in the ``tiny`` groups. Run:  pytest --benchmark-only bench/bench_conv2d.py
+"""
+import pytest
+
+import benchlib as bl
+
+CASES = [(op, L) for L in bl.CONV_LAYERS for op in bl.CONV_OPS]
+TINY = [(op, bl.TINY_CONV) for op in bl.CONV_OPS]
+
+
+def _params(cases, naive):
+    out = []
+    for op, L in cases:
+        for imp in bl.op_impls(op, naive=naive):
+            marks = [pytest.mark.skip(reason=imp.skip)] if imp.skip else []
+            out.append(pytest.param(op, L, imp, id=f"{op}-{L.name}-{imp.label}", marks=marks))
+    return out
+
+
+def _bench(benchmark, op, L, imp):
+    args = bl.conv_inputs(op, L)
+    fn, to_host = bl.make_call(imp, op, args)
+    bl.validate(op, L, args, to_host(fn()))           # never time an unvalidated result
+    flop, nbytes = bl.conv_napkin(op, L)
+    benchmark.group = f"{op} {L.name} ({L.describe()})"
+    benchmark.extra_info.update(
+        kind="op", op=op, layer=L.name, shape=L.describe(), impl=imp.label,
+        backend=imp.backend, version=imp.version, device=imp.device, flop=flop,
+        bytes=nbytes, metric="GFLOP/s" if op != "conv2d_backward_bias" else "GB/s",
+        peer=imp.backend == "torch")
+    bl.run_timed(benchmark, fn, imp, budget=0.6 if L.n > 8 else 0.3)
+
+
+@pytest.mark.parametrize("op,L,imp", _params(CASES, naive=False))
+def test_conv2d(benchmark, op, L, imp):
+    _bench(benchmark, op, L, imp)
+
+
+@pytest.mark.parametrize("op,L,imp", _params(TINY, naive=True))
+def test_conv2d_tiny(benchmark, op, L, imp):
+    _bench(benchmark, op, L, imp)
+
+
+def test_roof_sgemm(benchmark):
+    """The CPU's measured GEMM roof: NumPy float32 matmul 2048^3 on BLAS's threads (the
+    '% of peak' of CPU convolutions is relative to this; validated against float64)."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    n = 2048
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    c = np.empty((n, n), dtype=np.float32)
+    ref = a[:64].astype(np.float64) @ b.astype(np.float64)
+    np.matmul(a, b, out=c)
+    assert np.abs(c[:64] - ref).max() <= 1e-3 * np.abs(ref).max()
+    benchmark.group = "roof: NumPy sgemm 2048^3 (BLAS)"
+    benchmark.extra_info.update(kind="roof", op="roof_sgemm", layer="roof", shape="2048^3",
+                                impl="numpy/sgemm", backend="numpy", version="blas",
+                                device="cpu", flop=2 * n ** 3, bytes=3 * n * n * 4,
+                                metric="GFLOP/s", peer=False)
+    imp = bl.Impl("numpy/sgemm", "numpy", "blas", "cpu")
+    bl.run_timed(benchmark, lambda: np.matmul(a, b, out=c), imp, budget=1.0)

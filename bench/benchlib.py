@@ -1,0 +1,514 @@
+"""Shared pieces of the benchmark suite: the paper's layer shapes, napkin maths, the
+implementations under test (every backend x version that runs here, and the PyTorch peer),
+the reference every result is validated against before it is timed, and the timers.
+
+Imported by ``bench/bench_*.py`` (pytest puts ``bench/`` on ``sys.path`` because of
+``bench/conftest.py``) and by ``bench/report.py``.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from kernels import BackendUnavailableError, get_backend
+from kernels.conv2d import numpy_ops as conv_ops
+from kernels.pool2d import numpy_ops as pool_ops
+from kernels.testing import assert_op_close
+
+BATCH = 128
+
+# ----------------------------------------------------------------------------- shapes
+@dataclass(frozen=True)
+class ConvLayer:
+    name: str            # "mnist-conv1"
+    c: int
+    f: int
+    hw: int              # square input plane
+    k: int
+    n: int = BATCH
+
+    @property
+    def ohw(self):
+        return self.hw - self.k + 1
+
+    def x_shape(self):
+        return (self.n, self.c, self.hw, self.hw)
+
+    def w_shape(self):
+        return (self.f, self.c, self.k, self.k)
+
+    def y_shape(self):
+        return (self.n, self.f, self.ohw, self.ohw)
+
+    def describe(self):
+        return f"{self.c}->{self.f} {self.k}x{self.k} on {self.hw}x{self.hw}, N={self.n}"
+
+
+@dataclass(frozen=True)
+class PoolLayer:
+    name: str            # "mnist-pool1"
+    c: int
+    hw: int
+    k: int = 2
+    n: int = BATCH
+
+    def x_shape(self):
+        return (self.n, self.c, self.hw, self.hw)
+
+    def y_shape(self):
+        return (self.n, self.c, self.hw // self.k, self.hw // self.k)
+
+    def describe(self):
+        return f"{self.k}x{self.k} of {self.c}x{self.hw}x{self.hw}, N={self.n}"
+
+
+#: The paper's CNN layers (Masci et al. 2011): MNIST 28x28x1 and CIFAR-10 32x32x3 inputs,
+#: conv 100@5x5 -> pool 2 -> conv 150@5x5 -> pool 2 -> conv 200@3x3.
+CONV_LAYERS = [
+    ConvLayer("mnist-conv1", 1, 100, 28, 5),
+    ConvLayer("mnist-conv2", 100, 150, 12, 5),
+    ConvLayer("mnist-conv3", 150, 200, 4, 3),
+    ConvLayer("cifar-conv1", 3, 100, 32, 5),
+    ConvLayer("cifar-conv2", 100, 150, 14, 5),
+    ConvLayer("cifar-conv3", 150, 200, 5, 3),
+]
+POOL_LAYERS = [
+    PoolLayer("mnist-pool1", 100, 24),
+    PoolLayer("mnist-pool2", 150, 8),
+    PoolLayer("cifar-pool1", 100, 28),
+    PoolLayer("cifar-pool2", 150, 10),
+]
+#: A tiny shape at which the explicit-loop ``naive`` versions can be timed (own group).
+TINY_CONV = ConvLayer("tiny-conv", 3, 4, 10, 3, n=2)
+TINY_POOL = PoolLayer("tiny-pool", 3, 10, n=2)
+
+CONV_OPS = ("conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight",
+            "conv2d_backward_bias")
+POOL_OPS = ("maxpool2d_forward", "maxpool2d_backward", "unpool2d_forward",
+            "unpool2d_backward")
+
+
+# ------------------------------------------------------------------------ napkin maths
+def conv_napkin(op, L: ConvLayer, itemsize=4):
+    """(flop, bytes) of one op: flop = 2 multiply-adds per product term (adds for the
+    bias); bytes = each input read once + the output written once (the minimum traffic)."""
+    x = int(np.prod(L.x_shape()))
+    w = int(np.prod(L.w_shape()))
+    y = int(np.prod(L.y_shape()))
+    macs = L.n * L.f * L.ohw * L.ohw * L.c * L.k * L.k
+    if op == "conv2d_forward":
+        return 2 * macs, (x + w + L.f + y) * itemsize
+    if op == "conv2d_backward_input":
+        return 2 * macs, (y + w + x) * itemsize
+    if op == "conv2d_backward_weight":
+        return 2 * macs, (x + y + w) * itemsize
+    if op == "conv2d_backward_bias":
+        return y, (y + L.f) * itemsize
+    raise ValueError(op)
+
+
+def pool_napkin(op, L: PoolLayer, itemsize=4):
+    """(flop, bytes): comparisons are not counted as flop (pooling is memory-bound);
+    bytes = minimum traffic (input read once, output written once, switches int32)."""
+    x = int(np.prod(L.x_shape()))
+    y = int(np.prod(L.y_shape()))
+    if op == "maxpool2d_forward":
+        return 0, x * itemsize + y * (itemsize + 4)
+    if op in ("maxpool2d_backward", "unpool2d_forward"):
+        return 0, y * (itemsize + 4) + x * itemsize
+    if op == "unpool2d_backward":
+        return 0, x * itemsize + y * (itemsize + 4)      # a k x k gather touches all of dx
+    raise ValueError(op)
+
+
+def cnn_step_flop(n=BATCH, dataset="mnist"):
+    """Flop of one CNN training step (convolutions + dense layers; elementwise ignored)."""
+    layers = [L for L in CONV_LAYERS if L.name.startswith(dataset)]
+    total = 0
+    for i, L in enumerate(layers):
+        Ln = ConvLayer(L.name, L.c, L.f, L.hw, L.k, n=n)
+        fwd = conv_napkin("conv2d_forward", Ln)[0]
+        total += fwd * (3 if i > 0 else 2)            # fwd + dW (+ dx except conv1)
+    last = layers[-1]
+    feat = last.f * last.ohw * last.ohw
+    total += 3 * 2 * n * (feat * 300 + 300 * 10)
+    return total
+
+
+def cae_step_flop(n=BATCH, c=1, maps=20, k=7, hw=28):
+    """Flop of one CAE training step: encoder conv, decoder (backward_input), and their
+    gradients (decoder dW, decoder adjoint (a forward conv), encoder dW)."""
+    L = ConvLayer("cae", c, maps, hw, k, n=n)
+    return 5 * conv_napkin("conv2d_forward", L)[0]
+
+
+# ------------------------------------------------------------------------ machine facts
+def blas_threads():
+    """Threads NumPy's BLAS uses (OpenBLAS via ctypes), else the CPUs we may use."""
+    try:
+        for line in open("/proc/self/maps"):
+            if "openblas" in line:
+                lib = ctypes.CDLL(line.split()[-1])
+                for name in ("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_",
+                             "openblas_get_num_threads"):
+                    fn = getattr(lib, name, None)
+                    if fn is not None:
+                        return int(fn())
+    except OSError:
+        pass
+    return len(os.sched_getaffinity(0))
+
+
+def blas_info():
+    """OpenBLAS config string and core type (e.g. 'SkylakeX'), or numpy's build config."""
+    try:
+        for line in open("/proc/self/maps"):
+            if "openblas" in line:
+                lib = ctypes.CDLL(line.split()[-1])
+                out = {}
+                for key, names in (("config", ("scipy_openblas_get_config64_",
+                                               "openblas_get_config64_", "openblas_get_config")),
+                                   ("core", ("scipy_openblas_get_corename64_",
+                                             "openblas_get_corename64_",
+                                             "openblas_get_corename"))):
+                    for name in names:
+                        fn = getattr(lib, name, None)
+                        if fn is not None:
+                            fn.restype = ctypes.c_char_p
+                            out[key] = fn().decode()
+                            break
+                out["threads"] = blas_threads()
+                return out
+    except OSError:
+        pass
+    return {"threads": blas_threads()}
+
+
+def lscpu():
+    out = {}
+    try:
+        import subprocess
+        txt = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in txt.splitlines():
+            if ":" in line:
+                k, v = line.split(":", 1)
+                out[k.strip()] = v.strip()
+    except Exception:  # noqa: BLE001 - informational only
+        pass
+    return {k: out.get(k) for k in ("Model name", "CPU(s)", "Thread(s) per core",
+                                    "Core(s) per socket", "L2 cache", "L3 cache", "Flags")
+            if k in out and k != "Flags"} | (
+        {"avx512f": "avx512f" in out.get("Flags", "")} if out else {})
+
+
+def loadavg():
+    try:
+        return tuple(float(v) for v in open("/proc/loadavg").read().split()[:3])
+    except OSError:
+        return None
+
+
+# --------------------------------------------------------------------------- torch
+@functools.lru_cache(maxsize=None)
+def torch_module():
+    """torch, with its intra-op threads set to NumPy's BLAS threads; None if absent."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(blas_threads())
+    return torch
+
+
+@functools.lru_cache(maxsize=None)
+def gpu_available():
+    """(True, name) when a CUDA device can run CuPy kernels here, else (False, why)."""
+    try:
+        import cupy
+        n = cupy.cuda.runtime.getDeviceCount()
+        if n < 1:
+            return False, "no CUDA device"
+        props = cupy.cuda.runtime.getDeviceProperties(0)
+        name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+        return True, name
+    except Exception as e:  # noqa: BLE001 - any failure means: no usable GPU
+        return False, f"no usable CUDA GPU ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+
+
+# ------------------------------------------------------------------- implementations
+@dataclass
+class Impl:
+    """One thing to time: a backend version of an op (or the torch peer)."""
+    label: str           # "numpy/fast", "cupy/tiled", "torch/oneDNN"
+    backend: str         # numpy, cupy, numba, torch
+    version: str
+    device: str          # "cpu" or "cuda"
+    be: object = None    # kernels backend (None for torch)
+    skip: str = ""       # reason this cannot run here
+
+
+def _backend_or_reason(name, **kw):
+    try:
+        return get_backend(name, **kw), ""
+    except BackendUnavailableError as e:
+        return None, str(e)
+    except Exception as e:  # noqa: BLE001
+        return None, f"{type(e).__name__}: {e}"
+
+
+@functools.lru_cache(maxsize=None)
+def _emulated(name):
+    return _backend_or_reason(name, emulate=True)
+
+
+@functools.lru_cache(maxsize=None)
+def backend_for(name):
+    """(backend, reason) for 'numpy', 'cupy', 'numba' on real hardware (GPU ones need a GPU)."""
+    if name in ("cupy", "numba"):
+        ok, why = gpu_available()
+        if not ok:
+            return None, f"{name} backend needs a CUDA GPU: {why}"
+    return _backend_or_reason(name)
+
+
+def op_impls(op, *, naive=False):
+    """Every implementation of ``op`` to benchmark: numpy/cupy/numba versions + torch.
+
+    The ``naive`` versions (explicit Python loops, or one GPU thread-naive kernel) are
+    returned with a skip reason at the paper's shapes unless ``naive=True`` (tiny group)."""
+    out = []
+    for name in ("numpy", "cupy", "numba"):
+        be, why = backend_for(name)
+        device = "cpu" if name == "numpy" else "cuda"
+        if be is None:
+            out.append(Impl(f"{name}/*", name, "*", device, skip=why))
+            continue
+        try:
+            versions = be.versions(op)
+        except NotImplementedError as e:
+            out.append(Impl(f"{name}/*", name, "*", device, skip=str(e)))
+            continue
+        for v in versions:
+            imp = Impl(f"{name}/{v}", name, v, device, be=be)
+            if name == "numpy" and v == "naive" and not naive:
+                imp.skip = ("numpy naive is explicit Python loops (hours at batch 128); "
+                            "timed in the tiny-shape group instead")
+            out.append(imp)
+    if naive:
+        # the tiny group also shows the CUDA C kernels on the project's CPU emulator (cheap
+        # at this shape; host time of an emulator, no GPU meaning: device "emulator")
+        be, why = _emulated("cupy")
+        if be is None:
+            out.append(Impl("cupy-emulator/*", "cupy", "*", "emulator", skip=why))
+        else:
+            out += [Impl(f"cupy-emulator/{v}", "cupy", v, "emulator", be=be)
+                    for v in be.versions(op)]
+        out.append(Impl("numba-simulator/*", "numba", "*", "emulator",
+                        skip="numba's CUDA simulator runs every GPU thread as Python code "
+                             "(needs NUMBA_ENABLE_CUDASIM=1 before numba is imported): a "
+                             "correctness tool, not benchmarked"))
+    torch = torch_module()
+    if torch is None:
+        out.append(Impl("torch/peer", "torch", "peer", "cpu", skip="torch is not installed"))
+    else:
+        out.append(Impl("torch/cpu", "torch", "cpu", "cpu"))
+        ok, why = gpu_available()
+        if ok and torch.cuda.is_available():
+            out.append(Impl("torch/cuda", "torch", "cuda", "cuda"))
+        else:
+            out.append(Impl("torch/cuda", "torch", "cuda", "cuda",
+                            skip="torch CUDA peer needs a GPU and a CUDA build of torch"
+                            f" ({why if not ok else 'torch is a CPU build'})"))
+    return out
+
+
+# -------------------------------------------------------------------------- inputs
+def conv_inputs(op, L: ConvLayer, dtype=np.float32, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(L.x_shape(), dtype=np.float32).astype(dtype)
+    w = (rng.standard_normal(L.w_shape(), dtype=np.float32) /
+         np.sqrt(L.c * L.k * L.k)).astype(dtype)
+    b = rng.standard_normal(L.f, dtype=np.float32).astype(dtype)
+    dy = rng.standard_normal(L.y_shape(), dtype=np.float32).astype(dtype)
+    return {"conv2d_forward": (x, w, b), "conv2d_backward_input": (dy, w),
+            "conv2d_backward_weight": (x, dy), "conv2d_backward_bias": (dy,)}[op]
+
+
+def pool_inputs(op, L: PoolLayer, seed=0):
+    """Inputs with distinct values (no argmax ties); switches from the reference pooling."""
+    rng = np.random.default_rng(seed)
+    x = rng.permutation(np.arange(np.prod(L.x_shape()), dtype=np.float32))
+    x = (x / x.size - 0.5).astype(np.float32).reshape(L.x_shape())
+    _, sw = pool_ops.maxpool2d_forward_argmax(x, L.k)
+    dy = rng.standard_normal(L.y_shape(), dtype=np.float32)
+    hw = (L.hw, L.hw)
+    return {"maxpool2d_forward": (x, L.k), "maxpool2d_backward": (dy, sw, hw),
+            "unpool2d_forward": (dy, sw, hw), "unpool2d_backward": (x, sw)}[op]
+
+
+# ------------------------------------------------------------------------ reference
+_REFERENCE = {}
+
+
+def reference(op, layer, args):
+    """The result every implementation is checked against, on the same inputs.
+
+    Convolutions: the NumPy ``im2col`` version in float64 (a rung of the ladder tested
+    against the ``naive`` definition in tests/, coded independently of ``fast``; float64
+    makes its own rounding negligible next to the float32 tolerance). At the tiny shape:
+    the ``naive`` definition itself. Pooling: the ``naive`` loop at the tiny shape, else the
+    ``argmax`` version (exact, like every pooling result). Cached per (op, layer)."""
+    key = (op, layer.name)
+    if key not in _REFERENCE:
+        tiny = layer.name.startswith("tiny")
+        if op.startswith("conv2d"):
+            ver = "naive" if tiny else "im2col"
+            a64 = [np.asarray(a, dtype=np.float64) for a in args]
+            _REFERENCE[key] = conv_ops.VERSIONS[op][ver](*a64)
+        else:
+            ver = "naive" if tiny else "argmax"
+            _REFERENCE[key] = pool_ops.VERSIONS[op][ver](*args)
+    return _REFERENCE[key]
+
+
+def validate(op, layer, args, result):
+    """Raise AssertionError unless ``result`` (host arrays) matches the reference."""
+    ref = reference(op, layer, args)
+    if op == "maxpool2d_forward":
+        assert_op_close(op, result[0], ref[0])
+        assert_op_close(op, result[1], ref[1])
+    elif op.startswith("conv2d"):
+        assert_op_close(op, result, ref, *args, dtype=np.float32)
+    else:
+        assert_op_close(op, result, ref)
+
+
+# ------------------------------------------------------------------------ callables
+def make_call(imp: Impl, op, args):
+    """(fn, to_host): ``fn()`` runs the op once on inputs already where the
+    implementation computes; ``to_host(out)`` brings its result back for validation."""
+    if imp.backend == "torch":
+        return _torch_call(imp, op, args)
+    be = imp.be
+    dev_args = tuple(be.to_device(a) if isinstance(a, np.ndarray) else a for a in args)
+    fn_op = getattr(be, op)
+
+    def fn():
+        return fn_op(*dev_args, version=imp.version)
+
+    def to_host(out):
+        if isinstance(out, tuple):
+            return tuple(np.asarray(be.to_host(o)) for o in out)
+        return np.asarray(be.to_host(out))
+    return fn, to_host
+
+
+def _torch_call(imp, op, args):
+    torch = torch_module()
+    F = torch.nn.functional
+    dev = "cuda" if imp.version == "cuda" else "cpu"
+    t = [torch.from_numpy(np.ascontiguousarray(a)).to(dev) if isinstance(a, np.ndarray)
+         else a for a in args]
+    if op == "conv2d_forward":
+        x, w, b = t
+        fn = lambda: F.conv2d(x, w, b)                                      # noqa: E731
+    elif op == "conv2d_backward_input":
+        dy, w = t
+        n, f, oh, ow = dy.shape
+        shape = (n, w.shape[1], oh + w.shape[2] - 1, ow + w.shape[3] - 1)
+        fn = lambda: torch.nn.grad.conv2d_input(shape, w, dy)               # noqa: E731
+    elif op == "conv2d_backward_weight":
+        x, dy = t
+        kh, kw = x.shape[2] - dy.shape[2] + 1, x.shape[3] - dy.shape[3] + 1
+        wshape = (dy.shape[1], x.shape[1], kh, kw)
+        fn = lambda: torch.nn.grad.conv2d_weight(x, wshape, dy)             # noqa: E731
+    elif op == "conv2d_backward_bias":
+        (dy,) = t
+        fn = lambda: dy.sum(dim=(0, 2, 3))                                  # noqa: E731
+    elif op == "maxpool2d_forward":
+        x, k = t
+        fn = lambda: F.max_pool2d(x, k, return_indices=True)                # noqa: E731
+    elif op == "maxpool2d_backward":               # what autograd runs after max_pool2d
+        dy, sw, hw = t
+        sw64 = sw.long()
+        k = hw[0] // dy.shape[2]
+        xshape = torch.empty(dy.shape[:2] + tuple(hw), dtype=dy.dtype, device=dev)
+        bwd = torch.ops.aten.max_pool2d_with_indices_backward
+        fn = lambda: bwd(dy, xshape, [k, k], [k, k], [0, 0], [1, 1], False, sw64)  # noqa: E731
+    elif op == "unpool2d_forward":
+        dy, sw, hw = t
+        sw64 = sw.long()
+        k = hw[0] // dy.shape[2]
+        fn = lambda: F.max_unpool2d(dy, sw64, k, output_size=hw)            # noqa: E731
+    elif op == "unpool2d_backward":
+        dx, sw = t
+        n, c, oh, ow = sw.shape
+        idx = sw.long().reshape(n, c, -1)
+        flat = dx.reshape(n, c, -1)
+        fn = lambda: torch.gather(flat, 2, idx).reshape(n, c, oh, ow)       # noqa: E731
+    else:
+        raise ValueError(op)
+
+    def to_host(out):
+        if isinstance(out, tuple):
+            y, i = out
+            return y.cpu().numpy(), i.cpu().numpy().astype(np.int32)
+        return out.detach().cpu().numpy()
+    return fn, to_host
+
+
+# --------------------------------------------------------------------------- timing
+class CudaEventTimer:
+    """A pytest-benchmark timer made of CUDA events: each call records an event on the
+    null stream, waits for it, and returns the GPU time since a start event (seconds).
+    pytest-benchmark takes differences of two calls around the benchmarked function, so a
+    round's time is the device time between two events -- never a host timer around
+    asynchronous launches; the wait at each event is the synchronisation."""
+
+    def __init__(self, kind="cupy"):
+        self.kind = kind
+        if kind == "torch":
+            import torch
+            self._new = lambda: torch.cuda.Event(enable_timing=True)
+            self._elapsed = lambda a, b: a.elapsed_time(b)
+        else:
+            import cupy
+            self._new = cupy.cuda.Event
+            self._elapsed = lambda a, b: cupy.cuda.get_elapsed_time(a, b)
+        self.start = self._new()
+        self.start.record()
+        self.start.synchronize()
+
+    def __call__(self):
+        e = self._new()
+        e.record()
+        e.synchronize()
+        return self._elapsed(self.start, e) / 1e3
+
+
+def rounds_for(seconds_per_call, budget=1.0, lo=3, hi=50):
+    """How many timed rounds fit a time budget (at least ``lo``)."""
+    return int(max(lo, min(hi, budget / max(seconds_per_call, 1e-6))))
+
+
+def run_timed(benchmark, fn, imp: Impl, *, budget=1.0, min_rounds=3):
+    """Time ``fn`` with pytest-benchmark in pedantic mode, after a warm-up call.
+
+    CPU: perf_counter (pytest-benchmark's default). GPU: CUDA events (CudaEventTimer)."""
+    if imp.device == "cuda":
+        benchmark._timer = CudaEventTimer("torch" if imp.backend == "torch" else "cupy")
+    t0 = time.perf_counter()
+    fn()                                       # warm-up (compiles, caches, page faults)
+    if imp.device == "cuda":
+        if imp.be is not None:
+            imp.be.synchronize()
+        else:
+            torch_module().cuda.synchronize()
+    dt = time.perf_counter() - t0
+    rounds = rounds_for(dt, budget=budget, lo=min_rounds)
+    return benchmark.pedantic(fn, rounds=rounds, warmup_rounds=1, iterations=1)

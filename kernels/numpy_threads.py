@@ -1,0 +1,161 @@
+"""Threads, BLAS threads and scratch buffers for the NumPy backend's ``fast`` versions.
+
+NumPy runs one ufunc / copy loop on one core, and BLAS threads each GEMM on its own: for the
+many small or skinny GEMMs of a convolution, BLAS's thread team mostly synchronises (and
+spins badly when the machine is busy), while the copies around them (im2col, col2im,
+layout transposes) run on one core. The ``fast`` versions therefore split an op over the
+*batch* into tasks of a few images, each doing its whole pipeline (im2col -> GEMM ->
+col2im) on data that stays in the caches, and run the tasks on a small thread pool with
+BLAS pinned to one thread for the duration (``batch_tasks``). NumPy and BLAS release the
+GIL inside their loops, so the tasks run concurrently on all cores. Plain Python threads,
+no JIT: the code stays NumPy.
+
+* ``SCAE_NP_THREADS`` sets the number of threads (default: the CPUs this process may use).
+* BLAS threads are pinned through OpenBLAS's ``*_set_num_threads`` (found with ctypes, as
+  threadpoolctl does); with another BLAS the tasks run one after the other and BLAS keeps
+  its own threading. The pinning is process-wide while an op runs.
+* ``scratch`` hands out per-thread reusable buffers for big temporaries: a fresh large
+  ``np.empty`` is a new mmap whose pages fault in on first touch, every call; a reused
+  buffer is already mapped. Scratch memory is never returned to callers.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+#: below this many elements per call, splitting costs more than it saves.
+MIN_PARALLEL_ELEMENTS = 1 << 16
+#: bytes of working set (columns + output) one task aims at: a few MB stay in L2/L3.
+TASK_BYTES = 4 << 20
+
+_pool = None
+_pool_lock = threading.Lock()
+_local = threading.local()
+
+
+def num_threads():
+    env = os.environ.get("SCAE_NP_THREADS")
+    if env:
+        return max(1, int(env))
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _executor(t):
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool._max_workers < t:
+            _pool = ThreadPoolExecutor(max_workers=t, thread_name_prefix="scae-np")
+        return _pool
+
+
+# ------------------------------------------------------------------------- BLAS threads
+def _find_blas_controls():
+    """(get, set) of OpenBLAS's thread count in this process, or None."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if "openblas" in line.lower()}
+    except OSError:
+        return None
+    for path in sorted(paths):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for prefix in ("scipy_openblas", "openblas"):
+            for suffix in ("64_", ""):
+                get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+                put = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+                if get is not None and put is not None:
+                    get.restype = ctypes.c_int
+                    put.argtypes = [ctypes.c_int]
+                    return get, put
+    return None
+
+
+_BLAS = None
+_BLAS_FOUND = False
+
+
+def blas_controls():
+    global _BLAS, _BLAS_FOUND
+    if not _BLAS_FOUND:
+        _BLAS, _BLAS_FOUND = _find_blas_controls(), True
+    return _BLAS
+
+
+@contextlib.contextmanager
+def blas_single_thread():
+    """BLAS runs single-threaded inside the block (no-op if it cannot be controlled)."""
+    ctl = blas_controls()
+    if ctl is None:
+        yield
+        return
+    get, put = ctl
+    old = get()
+    if old != 1:
+        put(1)
+    try:
+        yield
+    finally:
+        if old != 1:
+            put(old)
+
+
+# ------------------------------------------------------------------------------- maps
+def batch_map(fn, n, elements):
+    """Call ``fn(lo, hi)`` on one slice ``[lo, hi)`` of ``range(n)`` per thread, in
+    parallel (for copies/ufunc loops: no BLAS inside). ``elements`` is the work size, used
+    to skip threading for small calls. Re-raises the first exception."""
+    t = min(num_threads(), n)
+    if t <= 1 or elements < MIN_PARALLEL_ELEMENTS:
+        fn(0, n)
+        return
+    pool = _executor(t)
+    bounds = [n * i // t for i in range(t + 1)]
+    futures = [pool.submit(fn, bounds[i], bounds[i + 1]) for i in range(1, t)]
+    fn(bounds[0], bounds[1])
+    for f in futures:
+        f.result()
+
+
+def batch_tasks(fn, n, bytes_per_item, target=TASK_BYTES, blas=True):
+    """Call ``fn(lo, hi)`` on consecutive slices of ``range(n)`` of about ``target`` bytes
+    of working set each (``bytes_per_item`` per batch item), on the thread pool; with
+    ``blas`` (the tasks call BLAS) BLAS is pinned to one thread meanwhile. Returns the list
+    of results in slice order.
+
+    With one thread, or (``blas``) a BLAS whose threads cannot be pinned, runs the whole
+    batch as one call in this thread (BLAS keeps its own threads)."""
+    t = min(num_threads(), n)
+    if (t <= 1 or (blas and blas_controls() is None)
+            or n * bytes_per_item < 4 * MIN_PARALLEL_ELEMENTS):
+        return [fn(0, n)]
+    step = max(1, min(math.ceil(n / t), target // max(1, bytes_per_item)))
+    bounds = list(range(0, n, step)) + [n]
+    pool = _executor(t)
+    with blas_single_thread() if blas else contextlib.nullcontext():
+        futures = [pool.submit(fn, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
+        return [f.result() for f in futures]
+
+
+def scratch(key, shape, dtype):
+    """A reusable C-contiguous buffer of ``shape``/``dtype`` for temporaries, one per
+    (thread, key); its contents are garbage. Never return it (or a view) to a caller."""
+    dtype = np.dtype(dtype)
+    size = math.prod(int(s) for s in shape)
+    bufs = getattr(_local, "bufs", None)
+    if bufs is None:
+        bufs = _local.bufs = {}
+    buf = bufs.get((key, dtype))
+    if buf is None or buf.size < size:
+        buf = bufs[(key, dtype)] = np.empty(size, dtype=dtype)
+    return buf[:size].reshape(shape)
