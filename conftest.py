@@ -5,7 +5,6 @@
 """
 import os
 
-import pytest
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 BENCH = os.path.join(ROOT, "bench")
@@ -14,7 +13,8 @@ BENCH = os.path.join(ROOT, "bench")
 def pytest_collection_modifyitems(config, items):
     if config.getoption("benchmark_only", default=False):
         return
-    skip = pytest.mark.skip(reason="benchmark: run with  pytest --benchmark-only")
-    for item in items:
-        if str(item.fspath).startswith(BENCH + os.sep):
-            item.add_marker(skip)
+    # Deselect (not skip) so the normal run's summary is not flooded with benchmark items.
+    bench = [it for it in items if str(it.fspath).startswith(BENCH + os.sep)]
+    if bench:
+        config.hook.pytest_deselected(items=bench)
+        items[:] = [it for it in items if not str(it.fspath).startswith(BENCH + os.sep)]
