@@ -1,0 +1,87 @@
+"""Combine the CNN results of several runs into one table beside the paper's numbers.
+
+    python -m scae_np.combine RUN_DIR [RUN_DIR ...] [--out table.md]
+
+Each RUN_DIR is an output folder of ``python -m scae_np.run`` (it reads ``results.json``).
+Runs that split the protocol (one training-set size, or some seeds, per run) are pooled by
+(training-set size, init): mean ± sample standard deviation over all seeds found.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+import numpy as np
+
+
+def load_runs(dirs):
+    runs = []
+    for d in dirs:
+        p = pathlib.Path(d) / "results.json"
+        if not p.is_file():
+            raise SystemExit(f"error: {p} not found; pass output folders of python -m scae_np.run")
+        runs.append(json.loads(p.read_text()))
+    return runs
+
+
+def pool_cells(runs):
+    """{(size, init): [(seed, test_error, run)]} over every CNN run of every folder."""
+    cells = {}
+    for run in runs:
+        for name, r in run.get("cnn", {}).items():
+            cells.setdefault((int(r["size"]), r["init"]), []).append(
+                (int(r["seed"]), float(r["test_error"]), name))
+    for v in cells.values():
+        seeds = [s for s, _, _ in v]
+        if len(seeds) != len(set(seeds)):
+            raise SystemExit(f"error: seed repeated within one cell: {sorted(v)}")
+    return cells
+
+
+def _cell(v):
+    if not v:
+        return "–"
+    errs = np.array([e for _, e, _ in v])
+    std = errs.std(ddof=1) if len(errs) > 1 else 0.0
+    return f"{errs.mean():.2f} ± {std:.2f} (n={len(errs)})"
+
+
+def table_markdown(runs):
+    cells = pool_cells(runs)
+    paper = next((r["paper"] for r in runs if r.get("paper")), {})
+    note = next((r["paper_note"] for r in runs if r.get("paper_note")), "")
+    sizes = sorted({s for s, _ in cells})
+    lines = ["| training images | ours: random init | ours: CAE init | paper: random init "
+             "| paper: CAE init |", "|---:|---:|---:|---:|---:|"]
+    for s in sizes:
+        p = paper.get(str(s), {})
+        lines.append(f"| {s} | {_cell(cells.get((s, 'random'), []))} | "
+                     f"{_cell(cells.get((s, 'cae'), []))} | {p.get('random', '–')} | "
+                     f"{p.get('cae', '–')} |")
+    lines += ["", "Test error %, mean ± sample standard deviation over seeds. " + note, ""]
+    lines += ["| training images | init | seed | test error % | run |", "|---:|---|---:|---:|---|"]
+    for (s, init), v in sorted(cells.items()):
+        for seed, err, name in sorted(v):
+            lines.append(f"| {s} | {init} | {seed} | {err:.2f} | {name} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m scae_np.combine", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="+", metavar="RUN_DIR", help="output folders of scae_np.run")
+    ap.add_argument("--out", help="also write the table to this markdown file")
+    a = ap.parse_args(argv)
+    md = table_markdown(load_runs(a.runs))
+    sys.stdout.write(md)
+    if a.out:
+        from ._atomic import atomic_open
+        with atomic_open(a.out, "w") as f:
+            f.write(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
