@@ -15,35 +15,17 @@ CASES = [(op, L) for L in bl.CONV_LAYERS for op in bl.CONV_OPS]
 TINY = [(op, bl.TINY_CONV) for op in bl.CONV_OPS]
 
 
-def _params(cases, naive):
-    out = []
-    for op, L in cases:
-        for imp in bl.op_impls(op, naive=naive):
-            marks = [pytest.mark.skip(reason=imp.skip)] if imp.skip else []
-            out.append(pytest.param(op, L, imp, id=f"{op}-{L.name}-{imp.label}", marks=marks))
-    return out
-
-
 def _bench(benchmark, op, L, imp):
-    args = bl.conv_inputs(op, L)
-    fn, to_host = bl.make_call(imp, op, args)
-    bl.validate(op, L, args, to_host(fn()))           # never time an unvalidated result
-    flop, nbytes = bl.conv_napkin(op, L)
-    benchmark.group = f"{op} {L.name} ({L.describe()})"
-    benchmark.extra_info.update(
-        kind="op", op=op, layer=L.name, shape=L.describe(), impl=imp.label,
-        backend=imp.backend, version=imp.version, device=imp.device, flop=flop,
-        bytes=nbytes, metric="GFLOP/s" if op != "conv2d_backward_bias" else "GB/s",
-        peer=imp.backend == "torch")
-    bl.run_timed(benchmark, fn, imp, budget=0.6 if L.n > 8 else 0.3)
+    bl.bench_op(benchmark, op, L, imp, inputs=bl.conv_inputs, napkin=bl.conv_napkin,
+                metric="GFLOP/s" if op != "conv2d_backward_bias" else "GB/s", budget=0.6 if L.n > 8 else 0.3)
 
 
-@pytest.mark.parametrize("op,L,imp", _params(CASES, naive=False))
+@pytest.mark.parametrize("op,L,imp", bl.op_params(CASES, naive=False))
 def test_conv2d(benchmark, op, L, imp):
     _bench(benchmark, op, L, imp)
 
 
-@pytest.mark.parametrize("op,L,imp", _params(TINY, naive=True))
+@pytest.mark.parametrize("op,L,imp", bl.op_params(TINY, naive=True))
 def test_conv2d_tiny(benchmark, op, L, imp):
     _bench(benchmark, op, L, imp)
 

@@ -512,3 +512,30 @@ def run_timed(benchmark, fn, imp: Impl, *, budget=1.0, min_rounds=3):
     dt = time.perf_counter() - t0
     rounds = rounds_for(dt, budget=budget, lo=min_rounds)
     return benchmark.pedantic(fn, rounds=rounds, warmup_rounds=1, iterations=1)
+
+
+# -------------------------------------------------------------------- op benchmarks
+def op_params(cases, *, naive):
+    """pytest params (op, layer, impl) for every implementation of every (op, layer) case;
+    those that cannot run here carry a skip mark with the reason."""
+    import pytest
+    out = []
+    for op, L in cases:
+        for imp in op_impls(op, naive=naive):
+            marks = [pytest.mark.skip(reason=imp.skip)] if imp.skip else []
+            out.append(pytest.param(op, L, imp, id=f"{op}-{L.name}-{imp.label}", marks=marks))
+    return out
+
+
+def bench_op(benchmark, op, L, imp, *, inputs, napkin, metric, budget):
+    """Validate one implementation of an op on a layer's inputs, then time it."""
+    args = inputs(op, L)
+    fn, to_host = make_call(imp, op, args)
+    validate(op, L, args, to_host(fn()))           # never time an unvalidated result
+    flop, nbytes = napkin(op, L)
+    benchmark.group = f"{op} {L.name} ({L.describe()})"
+    benchmark.extra_info.update(
+        kind="op", op=op, layer=L.name, shape=L.describe(), impl=imp.label,
+        backend=imp.backend, version=imp.version, device=imp.device, flop=flop,
+        bytes=nbytes, metric=metric, peer=imp.backend == "torch")
+    run_timed(benchmark, fn, imp, budget=budget)
