@@ -44,8 +44,9 @@ def _cell(v):
     if not v:
         return "–"
     errs = np.array([e for _, e, _ in v])
-    std = errs.std(ddof=1) if len(errs) > 1 else 0.0
-    return f"{errs.mean():.2f} ± {std:.2f} (n={len(errs)})"
+    if len(errs) == 1:
+        return f"{errs[0]:.2f} (n=1)"           # one seed: no spread to report
+    return f"{errs.mean():.2f} ± {errs.std(ddof=1):.2f} (n={len(errs)})"
 
 
 def table_markdown(runs):

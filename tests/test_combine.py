@@ -22,8 +22,8 @@ def test_pools_seeds_across_runs(tmp_path, capsys):
     out = tmp_path / "t.md"
     assert main([str(a), str(b), "--out", str(out)]) == 0
     md = out.read_text()
-    assert "| 1000 | 5.00 ± 1.41 (n=2) | 5.00 ± 0.00 (n=1) | 7.63 | 7.23 |" in md
-    assert "| 10000 | 2.00 ± 0.00 (n=1) | – | – | – |" in md
+    assert "| 1000 | 5.00 ± 1.41 (n=2) | 5.00 (n=1) | 7.63 | 7.23 |" in md
+    assert "| 10000 | 2.00 (n=1) | – | – | – |" in md
     assert md == capsys.readouterr().out
 
 
