@@ -22,3 +22,19 @@ if "numba" not in sys.modules:
 def rng(request):
     """A generator seeded from the test's id: different per test, the same on every run."""
     return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+
+
+@pytest.fixture(scope="module", params=[
+    pytest.param("emulator", marks=pytest.mark.emulator),
+    pytest.param("gpu", marks=pytest.mark.gpu),
+])
+def cupy_be(request):
+    """The cupy backend twice: its CUDA C kernels on the CPU emulator (default tier) and on a
+    real GPU (`gpu` tier, skipped with the reason where there is none)."""
+    from kernels import BackendUnavailableError, get_backend
+    if request.param == "emulator":
+        return get_backend("cupy", emulate=True)
+    try:
+        return get_backend("cupy")
+    except BackendUnavailableError as e:
+        pytest.skip(f"gpu tier needs a CUDA GPU with CuPy: {e}")

@@ -6,24 +6,17 @@ Runs under the CPU emulator (default tier) and on a GPU (``gpu`` tier, skipped w
 import numpy as np
 import pytest
 
-from kernels import BackendUnavailableError, get_backend
+from kernels import get_backend
 from kernels import cupy_backend
 from kernels.testing import assert_op_close
 
 ref = get_backend("numpy")
 
 
-@pytest.fixture(scope="module", params=[
-    pytest.param("emulator", marks=pytest.mark.emulator),
-    pytest.param("gpu", marks=pytest.mark.gpu),
-])
-def be(request):
-    if request.param == "emulator":
-        return get_backend("cupy", emulate=True)
-    try:
-        return get_backend("cupy")
-    except BackendUnavailableError as e:
-        pytest.skip(f"gpu tier needs a CUDA GPU with CuPy: {e}")
+@pytest.fixture(scope="module")
+def be(cupy_be):
+    """The cupy backend on the emulator, and on a GPU (tests/conftest.py: cupy_be)."""
+    return cupy_be
 
 
 # (N, C, H, W, k): remainder rows/columns, k = 1 and 3, a single window, sizes that are not
