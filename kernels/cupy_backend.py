@@ -40,8 +40,8 @@ SOURCES = {
 VERSIONS = {
     "conv2d_forward": ("naive", "tiled", "implicit_gemm"),
     "conv2d_backward_input": ("naive", "tiled", "implicit_gemm"),
-    "conv2d_backward_weight": ("naive", "atomic", "reduce", "implicit_gemm"),
-    "conv2d_backward_bias": ("naive", "reduce"),
+    "conv2d_backward_weight": ("naive", "atomic", "reduce", "warp", "implicit_gemm"),
+    "conv2d_backward_bias": ("naive", "reduce", "warp"),
     "maxpool2d_forward": ("naive",),
     "maxpool2d_backward": ("naive", "gather"),
     "unpool2d_forward": ("naive", "gather"),
@@ -73,6 +73,13 @@ GRID_YZ_MAX = 65535
 INT32_MAX = 2**31 - 1
 
 i32 = np.int32
+
+
+def _op_tolerance(op, *inputs):
+    """The test oracle's float32 tolerance of ``op`` (kernels/testing.py), for the race check
+    of kernels whose float atomics make the rounding depend on the order."""
+    from .testing import op_tolerance
+    return op_tolerance(op, *inputs, dtype=np.float32)
 
 
 def _cdiv(a, b):
@@ -203,14 +210,29 @@ class CupyBackend(Backend):
                 self._modules[path] = self._cupy.RawModule(code=code, options=("-std=c++17",))
         return self._modules[path]
 
-    def _launch(self, op, kernel, grid, block, args, shared_mem=0):
-        """Launch ``kernel`` of ``op``'s .cu file -- on the GPU or in the emulator, same call."""
-        fn = self.module(op).get_function(kernel)
-        fn(tuple(grid), tuple(block), tuple(args), shared_mem=int(shared_mem))
+    def _launch(self, op, kernel, grid, block, args, shared_mem=0, race_tolerance=None):
+        """Launch ``kernel`` of ``op``'s .cu file -- on the GPU or in the emulator, same call.
 
-    def _empty(self, shape, zero=False):
+        ``race_tolerance`` (emulator only): for kernels with float atomics, a callable giving
+        ``{argument index: tolerance}`` for the emulator's race check (SCAE_NP_EMU_RACECHECK=1),
+        which otherwise demands the same bits from every thread order."""
+        fn = self.module(op).get_function(kernel)
+        if self.emulated:
+            fn(tuple(grid), tuple(block), tuple(args), shared_mem=int(shared_mem),
+               race_tolerance=race_tolerance)
+        else:
+            fn(tuple(grid), tuple(block), tuple(args), shared_mem=int(shared_mem))
+
+    def _empty(self, shape, zero=False, dtype=np.float32):
+        """An output array. In the emulator an unzeroed one starts as NaN (-1 for integers),
+        not as whatever memory NumPy hands out (often zeros): an element a kernel forgets to
+        write then shows in every comparison, as garbage would on a GPU."""
         xp = self.xp
-        return (xp.zeros if zero else xp.empty)(shape, dtype=np.float32)
+        if zero:
+            return xp.zeros(shape, dtype=dtype)
+        if self.emulated:
+            return np.full(shape, np.nan if np.dtype(dtype).kind == "f" else -1, dtype=dtype)
+        return xp.empty(shape, dtype=dtype)
 
     # ------------------------------------------------------------------ convolution
     def _conv2d_forward(self, x, w, b, version):
@@ -266,8 +288,9 @@ class CupyBackend(Backend):
         if version == "naive":
             self._launch(op, k, (_cdiv(e_, THREADS),), (THREADS,), args)
         elif version == "atomic":
-            self._launch(op, k, (_cdiv(e_ * _cdiv(r_, WGRAD_CHUNK), THREADS),), (THREADS,), args)
-        elif version == "reduce":
+            self._launch(op, k, (_cdiv(e_ * _cdiv(r_, WGRAD_CHUNK), THREADS),), (THREADS,), args,
+                         race_tolerance=lambda: {0: _op_tolerance(op, x, dy)})
+        elif version in ("reduce", "warp"):      # the same launch; warp adds with shuffles
             t = _wgrad_reduce_threads(r_)
             self._launch(op, k, (_cdiv(e_, WGRAD_RED_BLOCK // t),), (t, WGRAD_RED_BLOCK // t),
                          args)
@@ -284,7 +307,7 @@ class CupyBackend(Backend):
         args = (db, dy, i32(n), i32(f), i32(oh), i32(ow))
         if version == "naive":
             self._launch(op, k, (_cdiv(f, THREADS),), (THREADS,), args)
-        else:
+        else:                                   # reduce, warp: one 256-thread block per f
             self._launch(op, k, (f,), (THREADS,), args)
         return db
 
@@ -294,7 +317,7 @@ class CupyBackend(Backend):
         oh, ow = h // k, wd // k
         _check_int32(x=x.size)
         y = self._empty((n, c, oh, ow))
-        sw = self.xp.empty((n, c, oh, ow), dtype=np.int32)
+        sw = self._empty((n, c, oh, ow), dtype=np.int32)
         self._launch("maxpool2d_forward", f"maxpool2d_forward_{version}",
                      (_cdiv(y.size, THREADS),), (THREADS,),
                      (y, sw, x, i32(n), i32(c), i32(h), i32(wd), i32(k)))

@@ -121,6 +121,9 @@ def import_numba_cuda(emulate):
     if not emulate and sim:
         raise BackendUnavailableError(_SIM_PROCESS.format(
             why="numba was imported with NUMBA_ENABLE_CUDASIM=1"))
+    if sim:     # the simulator has no warp primitives: add them (kernels/numba_sim_warp.py)
+        from . import numba_sim_warp
+        numba_sim_warp.install()
     return cuda
 
 
@@ -145,7 +148,9 @@ class _SimRuntime:
         self.xp = np
 
     def empty(self, shape, dtype=np.float32):
-        return np.empty(shape, dtype=dtype)
+        # NaN (-1 for integers), not whatever memory NumPy hands out (often zeros): an output
+        # element a kernel forgets to write then fails every comparison, as garbage would.
+        return np.full(shape, np.nan if np.dtype(dtype).kind == "f" else -1, dtype=dtype)
 
     def zeros(self, shape, dtype=np.float32):
         return np.zeros(shape, dtype=dtype)

@@ -1,6 +1,8 @@
 """The CPU emulator for CUDA C (kernels/emulator): built-in variables, barriers, shared and
-dynamic shared memory, atomics, launch limits, argument checks, the compile-time refusal of
-warp-level operations, AddressSanitizer mode, and the README's snippet."""
+dynamic shared memory, atomics, launch limits, argument checks, the source rewrite, the
+compile-time refusal of what it cannot emulate, AddressSanitizer mode, and the README's
+snippet. The strictness checks (poisoned shared memory, race check, barrier divergence, warp
+primitives) are in tests/test_emulator_checks.py."""
 import os
 import re
 import signal
@@ -196,15 +198,17 @@ def test_launch_limits_like_cuda(mod):
 
 
 @pytest.mark.parametrize("call, what", [
-    ("v = __shfl_down_sync(0xffffffffu, v, 1);", "warp shuffle"),
-    ("v = __shfl_xor_sync(0xffffffffu, v, 4);", "warp shuffle"),
-    ("if (__any_sync(0xffffffffu, v > 0)) v = 1;", "warp vote"),
-    ("__syncwarp();", "warp barrier"),
+    ("v = __shfl_down(v, 1);", "mask-less warp shuffle, removed for sm_70\\+: use __shfl_down_sync"),
+    ("if (__any(v > 0)) v = 1;", "mask-less warp vote, removed for sm_70\\+: use __any_sync"),
+    ("v = __match_any_sync(0xffffffffu, v);", "warp match: not implemented by the emulator"),
+    ("v = __reduce_add_sync(0xffffffffu, (unsigned)v);", "warp reduction: not implemented"),
 ])
-def test_warp_operations_are_refused_at_compile_time(call, what):
+def test_what_cannot_be_emulated_is_refused_at_compile_time(call, what):
+    """The warp primitives the emulator does not implement fail to compile, saying so (the
+    emulated ones are tested in tests/test_emulator_checks.py)."""
     src = ('extern "C" __global__ void k(float* y) { float v = y[threadIdx.x]; '
            + call + " y[threadIdx.x] = v; }")
-    with pytest.raises(EmulatorCompileError, match=rf"{what}\) cannot be emulated on the CPU"):
+    with pytest.raises(EmulatorCompileError, match=rf"{what}.*cannot be emulated on the CPU"):
         EmuModule(code=src)
 
 
@@ -221,7 +225,42 @@ def test_extern_shared_rewrite_keeps_line_numbers():
            '    y[0] = buf[0];\n}\n')
     out, kernels = analyse(src)
     assert "emu::dyn_smem()" in out and "extern __shared__" not in out
-    assert out.count("\n") == src.count("\n") and kernels == [("k", False)]
+    assert out.count("\n") == src.count("\n") and kernels == [("k", False, False)]
+
+
+def test_static_shared_rewrite_keeps_line_numbers():
+    """Static __shared__ declarations become references to per-block slots (emu::static_smem),
+    each on its own line, whatever the declaration's form."""
+    src = ('extern "C" __global__ void k(float* y) {\n'
+           '    __shared__ float a[4][8], b[3];   // two declarators\n'
+           '    __shared__ __align__(16) int c;\n'
+           '    volatile __shared__ float d[\n'
+           '        32];\n'
+           '    y[0] = a[0][0] + b[0] + c + d[0];\n}\n')
+    out, kernels = analyse(src)
+    lines = out.splitlines()
+    assert out.count("\n") == src.count("\n") and "__shared__" not in out
+    assert "using __emu_shared_t0 = float[4][8]; __emu_shared_t0& a = " in lines[1]
+    assert "using __emu_shared_t1 = float[3]; __emu_shared_t1& b = " in lines[1]
+    assert "__emu_shared_t2 = int; __emu_shared_t2& c = ::emu::static_smem<__emu_shared_t2, 2, (16)>()" in lines[2]
+    assert "using __emu_shared_t3 = volatile float[32];" in lines[3]
+    assert lines[5].strip().startswith("y[0] =")
+    y = np.zeros(1, f32)
+    EmuModule(code=src).get_function("k")((1,), (1,), (y,))
+    assert np.isnan(y[0])      # none of it was written: NaN (c reads as -1)
+
+
+@pytest.mark.parametrize("src, why", [
+    ('__shared__ float s[4];\nextern "C" __global__ void k(float* y) { y[0] = s[0]; }',
+     r"<string>:1: a __shared__ variable outside a function"),
+    ('#define TILE __shared__ float s[4]\nextern "C" __global__ void k(float* y) { TILE; y[0] = s[0]; }',
+     r"<string>:1: __shared__ inside a #define"),
+    ('extern "C" __global__ void k(float* y) { __shared__ float s = 0; y[0] = s; }',
+     r"no initializer"),
+])
+def test_shared_declarations_the_emulator_cannot_rewrite_are_refused(src, why):
+    with pytest.raises(EmulatorCompileError, match=why):
+        EmuModule(code=src)
 
 
 def test_compile_errors_point_into_the_cu_file(tmp_path):

@@ -22,6 +22,9 @@
 //                  idles when R is small) and 256/T elements per 256-thread block; each thread
 //                  sums every T-th (n,i,j), then a fixed shared-memory tree adds the T partial
 //                  sums: deterministic (same bits every run) and up to 32x more parallel than naive.
+//   warp           reduce's threads and partial sums, but the T partial sums of an element are
+//                  added with warp shuffles (__shfl_down_sync, width T) in registers: no shared
+//                  memory, no __syncthreads at all; the same tree, so the same bits as reduce.
 //   implicit_gemm  dw as a GEMM: M = F, N = C*KH*KW, K = R = N*OH*OW. 64x64 tile of dw per
 //                  256-thread block, a 4x4 register block per thread, the whole K walked by the
 //                  block in steps of 8 through shared memory (no split across blocks, so no
@@ -30,12 +33,21 @@
 //   naive          one thread per f, serial sum over (n, i, j): deterministic.
 //   reduce         one 256-thread block per f, strided partial sums then a shared-memory tree:
 //                  deterministic, 256x more parallel.
+//   warp           reduce's partial sums, then shuffles inside each warp, one barrier, and one
+//                  warp adding the 8 warp sums: 1 barrier instead of 9, deterministic.
+//
+// Warp shuffles (the `warp` versions): __shfl_down_sync(mask, v, d, width) hands every lane the
+// register v of the lane d places above it in its segment of `width` lanes, in one instruction,
+// without shared memory. A warp is 32 threads of consecutive linear id
+// (threadIdx.x + blockDim.x * threadIdx.y); every lane named in the mask must make the same call
+// (the CPU emulator checks that, see kernels/emulator/README.md).
 
 typedef float real;
 
 #define WGRAD_CHUNK 256        // atomic: (n,i,j) positions summed by one thread
 #define WGRAD_RED_BLOCK 256    // reduce: threads per block (T per element, 256/T elements)
 #define BGRAD_THREADS 256      // bias reduce: threads per block (a power of two)
+#define FULL_MASK 0xffffffffu  // warp versions: all 32 lanes take part in every shuffle
 #define GEMM_BM 64
 #define GEMM_BN 64
 #define GEMM_BK 8
@@ -120,6 +132,44 @@ extern "C" __global__ void conv2d_backward_weight_reduce(real* __restrict__ dw,
         __syncthreads();   // every thread reaches it: the loop bound is uniform
     }
     if (tx == 0 && e < E) dw[e] = mine[0];
+}
+
+// ----------------------------------------------------------------------------------- warp
+// Launched exactly like reduce: grid (ceil(E / (256/T))), block (T, 256/T), T = blockDim.x a
+// power of two <= 32 (about R/8). Thread (tx, ty) of block b works on element
+// e = b*blockDim.y + ty and sums positions r = tx, tx+T, ..., as in reduce.
+// Thread map in a warp: lane = (ty*T + tx) % 32, so the T threads of one element are T
+// consecutive lanes of ONE warp (T divides 32) and a warp holds 32/T elements.
+// The T partial sums are then added in registers: __shfl_down_sync(FULL_MASK, acc, off, T) for
+// off = T/2, ..., 1 -- with width T every segment of T lanes (one element) shuffles on its
+// own, lane tx gets acc of lane tx+off, and after log2(T) steps lane tx = 0 holds the sum,
+// added in exactly reduce's tree order (so both versions give the same bits). All 32 lanes
+// make every call (threads of a missing e >= E carry zeros): the full mask is honest.
+// Why it is faster on a GPU: reduce writes the partials to shared memory and walks its tree
+// with log2(T)+1 __syncthreads() -- each one stalls all 8 warps of the block until the slowest
+// arrives -- plus a shared load and store per step; here each step is one shuffle instruction
+// between registers and no warp waits for another. Limits: T <= 32 (an element's partial
+// sums must sit in one warp), warpSize 32, 256 threads per block (a multiple of 32). The
+// serial part (R/T terms per thread, the global loads) is the same as reduce's; the shuffles
+// pay most when R is small (deep layers), where the tree is a large share of the work.
+extern "C" __global__ void conv2d_backward_weight_warp(real* __restrict__ dw,
+                                                       const real* __restrict__ x,
+                                                       const real* __restrict__ dy, int N,
+                                                       int C, int H, int W, int F, int OH,
+                                                       int OW) {
+    const int KH = H - OH + 1, KW = W - OW + 1;
+    const int E = F * C * KH * KW, R = N * OH * OW;
+    const int T = blockDim.x, tx = threadIdx.x, ty = threadIdx.y;
+    const int e = blockIdx.x * blockDim.y + ty;
+    real acc = 0;
+    if (e < E) {
+        const int q = e % KW, p = (e / KW) % KH, c = (e / (KW * KH)) % C, f = e / (KW * KH * C);
+        for (int r = tx; r < R; r += T)
+            acc += wgrad_term(x, dy, r, f, c, p, q, C, H, W, F, OH, OW);
+    }
+    for (int off = T / 2; off > 0; off >>= 1)       // uniform: every lane makes every call
+        acc += __shfl_down_sync(FULL_MASK, acc, off, T);
+    if (tx == 0 && e < E) dw[e] = acc;
 }
 
 // -------------------------------------------------------------------------- implicit_gemm
@@ -229,4 +279,41 @@ extern "C" __global__ void conv2d_backward_bias_reduce(real* __restrict__ db,
         __syncthreads();
     }
     if (t == 0) db[f] = part[0];
+}
+
+// ============================================================================= bias: warp
+// grid (F), block (256). Block f: thread t sums positions r = t, t+256, ... as in reduce.
+// Thread map: warp w = t / 32 (8 warps), lane = t % 32. Each warp adds its 32 partial sums in
+// registers with 5 shuffles (16, 8, 4, 2, 1 lanes apart); lane 0 of warp w stores the warp's
+// sum in warp_sum[w]; one __syncthreads(); then warp 0 adds the 8 warp sums with 3 more
+// shuffles and thread 0 writes db[f]. Deterministic (a fixed tree, though not reduce's).
+// Why it is faster on a GPU: reduce's shared-memory tree takes 8 steps with a __syncthreads()
+// each (9 barriers, ~500 shared loads/stores per block); here 1 barrier, 8 shared stores and
+// 8 loads. The op is bound by reading dy (N*F*OH*OW floats once), so this trims the tail of
+// each block -- it matters when N*OH*OW is small. Limits: blockDim.x = 256, a multiple of 32;
+// warpSize 32; the second stage assumes at most 32 warps (true up to 1024 threads).
+__device__ __forceinline__ real warp_sum_down(real v) {
+    for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(FULL_MASK, v, off);
+    return v;   // lane 0: the sum of the warp's 32 values
+}
+
+extern "C" __global__ void conv2d_backward_bias_warp(real* __restrict__ db,
+                                                     const real* __restrict__ dy, int N, int F,
+                                                     int OH, int OW) {
+    __shared__ real warp_sum[BGRAD_THREADS / 32];
+    const int f = blockIdx.x, t = threadIdx.x, lane = t % 32, warp = t / 32, OHW = OH * OW;
+    real acc = 0;
+    for (int r = t; r < N * OHW; r += BGRAD_THREADS) {
+        const int n = r / OHW, s = r % OHW;
+        acc += dy[((size_t)n * F + f) * OHW + s];
+    }
+    acc = warp_sum_down(acc);
+    if (lane == 0) warp_sum[warp] = acc;
+    __syncthreads();
+    if (warp == 0) {                     // uniform over the warp: all 32 lanes shuffle below
+        acc = lane < BGRAD_THREADS / 32 ? warp_sum[lane] : (real)0;
+        for (int off = BGRAD_THREADS / 64; off > 0; off >>= 1)
+            acc += __shfl_down_sync(FULL_MASK, acc, off);
+        if (lane == 0) db[f] = acc;
+    }
 }

@@ -11,9 +11,12 @@ conv2d_backward_input   implicit_gemm  M=N*H*W, N=C, K=F*KH*KW; A = dy (0 outsid
 conv2d_backward_weight  naive          thread per dw[f,c,p,q], loops all (n,i,j): deterministic
 conv2d_backward_weight  atomic         thread per (dw elem, 256 (n,i,j)); cuda.atomic.add: not det.
 conv2d_backward_weight  reduce         T<=32 threads per dw elem, 256/T per block, smem tree: det.
+conv2d_backward_weight  warp           reduce's threads, tree by cuda.shfl_down_sync: no smem, no
+                                       barrier; the same bits as reduce
 conv2d_backward_weight  implicit_gemm  M=F, N=C*KH*KW, K=N*OH*OW; one thread per output: det.
 conv2d_backward_bias    naive          thread per db[f], loops n,i,j
 conv2d_backward_bias    reduce         256-thread block per db[f], smem tree: deterministic
+conv2d_backward_bias    warp           256-thread block per db[f], shuffles per warp + 1 barrier
 
 Every kernel computes in float32 (``acc = float32(0)``: a bare ``0.0`` would make numba
 accumulate in float64). Arguments arrive C-contiguous and already checked against the
@@ -47,11 +50,31 @@ launching with ``smem`` bytes               ``<<<grid, block, bytes>>>``
 ``cuda.local.array((4, 4), float32)``       ``real acc[4][4];`` (registers once unrolled)
 ``cuda.syncthreads()``                      ``__syncthreads()``
 ``cuda.atomic.add(dw, (f, c, p, q), v)``    ``atomicAdd(&dw[e], v)``
+``cuda.shfl_down_sync(mask, v, d)``         ``__shfl_down_sync(mask, v, d, width)``: numba
+                                            has no width argument (always 32)
 ``float32(0)``                              ``(real)0``; a bare ``0.0`` would be float64
 ``for e in range(tid, n, step)``            ``for (int e = tid; e < n; e += step)``
 ``while stride > 0: ...; stride //= 2``     ``for (s = B/2; s > 0; s >>= 1)``
 ``val = float32(0)``, ``if ok: val = x[.]``  ``val = ok ? x[...] : (real)0``
 ==========================================  ===============================================
+
+Warp primitives and numba's simulator
+-------------------------------------
+numba-cuda compiles ``cuda.shfl_sync``, ``shfl_up_sync``, ``shfl_down_sync``,
+``shfl_xor_sync`` (32- and 64-bit ints and floats, width fixed at 32: no ``width``
+argument), ``all_sync``, ``any_sync``, ``eq_sync``, ``ballot_sync``, ``syncwarp``,
+``activemask``, ``lanemask_lt``, ``match_any_sync`` and ``match_all_sync`` for the GPU. Its
+CUDA simulator (numba-cuda 0.30.4, ``numba_cuda/numba/cuda/simulator/kernelapi.py``) has
+**none** of them -- only ``laneid``, ``warpsize`` and ``syncthreads_count/and/or``: a
+kernel calling ``cuda.shfl_down_sync`` fails there with an AttributeError. The project adds
+the shuffles, the votes and ``syncwarp`` to the simulator (``kernels/numba_sim_warp.py``,
+installed by ``get_backend("numba", emulate=True)``): a lane waits until every lane named in
+the mask has made the same call, a named lane that exits or waits elsewhere raises, a read
+from a lane outside the mask returns NaN. So the ``warp`` versions below run against NumPy in
+the default test tier like every other version, and ``tests/test_numba_compile.py`` compiles
+them to PTX with numba's real CUDA pipeline (``activemask``, ``lanemask_lt`` and ``match_*``
+are not added: nothing here uses them, and ``activemask`` would need the GPU's notion of
+which lanes are converged).
 
 Running a kernel in numba's CUDA simulator (no GPU; each CUDA thread becomes a Python
 thread, so keep grids tiny). ``NUMBA_ENABLE_CUDASIM=1`` must be set before numba is first
@@ -87,6 +110,8 @@ GEMM_THREADS = 256         # implicit GEMM: 16 x 16 threads, each owning a 4 x 4
 WGRAD_CHUNK = 256          # atomic: (n,i,j) positions summed by one thread
 WGRAD_RED_BLOCK = 256      # reduce: threads per block (T per dw element, 256/T elements)
 BGRAD_THREADS = 256        # bias reduce: threads per block (a power of two)
+BGRAD_WARPS = BGRAD_THREADS // 32   # bias warp: warps per block (a shared-array shape)
+FULL_MASK = 0xFFFFFFFF     # warp versions: all 32 lanes take part in every shuffle
 MAX_GRID_Z = 65535         # CUDA's gridDim.z limit; the tiled kernels stride over z
 
 
@@ -597,6 +622,53 @@ def launch_conv2d_backward_weight_reduce(rt, x, dy):
 
 
 @cuda.jit
+def conv2d_backward_weight_warp(dw, x, dy):
+    """warp: reduce's threads and partial sums (T threads per dw element, a power of two
+    <= 32; block (T, 256/T); thread (tx, ty) of block b on e = b*blockDim.y + ty, summing
+    r = tx, tx+T, ...), but the T partial sums are added by warp shuffles in registers.
+
+    Thread map: lane = (ty*T + tx) % 32, so the T threads of an element are T consecutive
+    lanes of one warp. ``acc += cuda.shfl_down_sync(FULL_MASK, acc, off)`` for off = T/2, ...,
+    1: lane tx gets acc of lane tx+off. numba's shuffle has no width argument (CUDA C passes
+    width T), so a lane with tx >= off may read the next element's lanes -- but only lanes
+    tx < off are read at the next step, and those read tx+off < T, inside their element: lane
+    tx = 0 ends with exactly reduce's tree, the same bits. All 32 lanes make every call (a
+    missing e >= E adds zeros). Why faster on a GPU: no shared memory and no syncthreads
+    (reduce: log2(T)+1 block-wide barriers, each stalling all 8 warps, and a shared load and
+    store per step); a shuffle is one register-to-register instruction. Limits: T <= 32,
+    warp size 32, 256 threads per block. Constraints: launched exactly like reduce.
+    """
+    N, C, H, W = x.shape
+    _, F, OH, OW = dy.shape
+    KH, KW = H - OH + 1, W - OW + 1
+    E, R = F * C * KH * KW, N * OH * OW
+    T, tx, ty = cuda.blockDim.x, cuda.threadIdx.x, cuda.threadIdx.y
+    e = cuda.blockIdx.x * cuda.blockDim.y + ty
+    q, p = e % KW, (e // KW) % KH
+    c, f = (e // (KW * KH)) % C, e // (KW * KH * C)
+    acc = float32(0)
+    if e < E:
+        for r in range(tx, R, T):
+            acc += wgrad_term(x, dy, r, f, c, p, q)
+    off = T // 2
+    while off > 0:                              # uniform: every lane makes every call
+        acc += cuda.shfl_down_sync(FULL_MASK, acc, off)   # CUDA C: (..., off, T)
+        off //= 2
+    if tx == 0 and e < E:
+        dw[f, c, p, q] = acc
+
+
+def launch_conv2d_backward_weight_warp(rt, x, dy):
+    n, c, h, wd = x.shape
+    _, f, oh, ow = dy.shape
+    dw = rt.empty((f, c, h - oh + 1, wd - ow + 1))
+    t = wgrad_reduce_threads(n * oh * ow)
+    rt.launch(conv2d_backward_weight_warp, _cdiv(dw.size, WGRAD_RED_BLOCK // t),
+              (t, WGRAD_RED_BLOCK // t), (dw, x, dy))
+    return dw
+
+
+@cuda.jit
 def conv2d_backward_weight_implicit_gemm(dw2, x, dy):
     """implicit_gemm: dw as a GEMM C[f, k] = sum_r A[f, r] * B[r, k], deterministic.
 
@@ -733,6 +805,59 @@ def launch_conv2d_backward_bias_reduce(rt, dy):
     return db
 
 
+@cuda.jit(device=True)
+def warp_sum_down(v):
+    """The sum of the warp's 32 values of ``v``, in lane 0 (5 shuffles: 16, 8, 4, 2, 1 lanes
+    apart). Every lane of the warp must call it (CUDA C: ``warp_sum_down``)."""
+    off = 16
+    while off > 0:
+        v += cuda.shfl_down_sync(FULL_MASK, v, off)
+        off //= 2
+    return v
+
+
+@cuda.jit
+def conv2d_backward_bias_warp(db, dy):
+    """warp: one 256-thread block per f, partial sums as in reduce; then each of the 8 warps
+    (warp = t // 32, lane = t % 32) adds its 32 partial sums with 5 shuffles, lane 0 stores
+    the warp's sum in shared memory, one syncthreads, and warp 0 adds the 8 warp sums with 3
+    more shuffles; thread 0 writes db[f]. Deterministic (a fixed tree, not reduce's).
+    Why faster on a GPU: 1 barrier instead of reduce's 9 and 16 shared accesses instead of
+    ~500; the op is bound by reading dy, so this trims each block's tail (it matters when
+    N*OH*OW is small). Limits: 256 threads (a multiple of 32), warp size 32.
+    Constraints: grid (F), block (256).
+    """
+    warp_sum = cuda.shared.array(BGRAD_WARPS, float32)
+    N, F, OH, OW = dy.shape
+    f, t = cuda.blockIdx.x, cuda.threadIdx.x
+    lane, warp = t % 32, t // 32
+    OHW = OH * OW
+    acc = float32(0)
+    for r in range(t, N * OHW, BGRAD_THREADS):
+        n, s = r // OHW, r % OHW
+        acc += dy[n, f, s // OW, s % OW]
+    acc = warp_sum_down(acc)
+    if lane == 0:
+        warp_sum[warp] = acc
+    cuda.syncthreads()
+    if warp == 0:                               # uniform over the warp
+        acc = float32(0)
+        if lane < BGRAD_WARPS:
+            acc = warp_sum[lane]
+        off = BGRAD_WARPS // 2
+        while off > 0:
+            acc += cuda.shfl_down_sync(FULL_MASK, acc, off)
+            off //= 2
+        if lane == 0:
+            db[f] = acc
+
+
+def launch_conv2d_backward_bias_warp(rt, dy):
+    db = rt.empty((dy.shape[1],))
+    rt.launch(conv2d_backward_bias_warp, db.size, BGRAD_THREADS, (db, dy))
+    return db
+
+
 # ============================================================================ tables
 VERSIONS = {
     "conv2d_forward": {"naive": launch_conv2d_forward_naive,
@@ -744,9 +869,11 @@ VERSIONS = {
     "conv2d_backward_weight": {"naive": launch_conv2d_backward_weight_naive,
                                "atomic": launch_conv2d_backward_weight_atomic,
                                "reduce": launch_conv2d_backward_weight_reduce,
+                               "warp": launch_conv2d_backward_weight_warp,
                                "implicit_gemm": launch_conv2d_backward_weight_implicit_gemm},
     "conv2d_backward_bias": {"naive": launch_conv2d_backward_bias_naive,
-                             "reduce": launch_conv2d_backward_bias_reduce},
+                             "reduce": launch_conv2d_backward_bias_reduce,
+                             "warp": launch_conv2d_backward_bias_warp},
 }
 
 #: The version each op runs by default: the one expected fastest on a GPU (implicit GEMM's
@@ -773,8 +900,10 @@ PTX_SIGNATURES = {
     "conv2d_backward_weight_naive": (conv2d_backward_weight_naive, f"({_A4}, {_A4}, {_A4})"),
     "conv2d_backward_weight_atomic": (conv2d_backward_weight_atomic, f"({_A4}, {_A4}, {_A4})"),
     "conv2d_backward_weight_reduce": (conv2d_backward_weight_reduce, f"({_A4}, {_A4}, {_A4})"),
+    "conv2d_backward_weight_warp": (conv2d_backward_weight_warp, f"({_A4}, {_A4}, {_A4})"),
     "conv2d_backward_weight_implicit_gemm": (conv2d_backward_weight_implicit_gemm,
                                              f"({_A2}, {_A4}, {_A4})"),
     "conv2d_backward_bias_naive": (conv2d_backward_bias_naive, f"({_A1}, {_A4})"),
     "conv2d_backward_bias_reduce": (conv2d_backward_bias_reduce, f"({_A1}, {_A4})"),
+    "conv2d_backward_bias_warp": (conv2d_backward_bias_warp, f"({_A1}, {_A4})"),
 }

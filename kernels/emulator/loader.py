@@ -123,10 +123,34 @@ _NOT_FUNCTIONS = {"if", "for", "while", "switch", "catch", "return", "sizeof", "
 _EXTERN_SHARED = re.compile(
     r"extern\s+__shared__\s+(?:__align__\s*\(\s*\d+\s*\)\s*)?([\w:]+(?:\s*\*)?)\s+"
     r"(?:__align__\s*\(\s*\d+\s*\)\s*)?(\w+)\s*\[\s*\]\s*;")
+_SHARED = re.compile(r"\b__shared__\b")
+_ALIGN = re.compile(r"\b(?:__align__|alignas)\s*\(\s*([^()]*)\s*\)")
+_IDENT = re.compile(r"[A-Za-z_]\w*")
+
+#: calls that make a kernel need one fiber per thread (it blocks and waits for others)
+BLOCKING = ("__syncthreads", "__syncthreads_count", "__syncthreads_and", "__syncthreads_or",
+            "__syncwarp", "__shfl_sync", "__shfl_up_sync", "__shfl_down_sync",
+            "__shfl_xor_sync", "__ballot_sync", "__any_sync", "__all_sync", "__activemask")
+
+
+class Kernel(tuple):
+    """(name, fibers, atomics) of one ``__global__`` function: whether it needs fibers (it
+    reaches a barrier or a warp primitive) and whether it reaches an ``atomic*`` call."""
+
+    def __new__(cls, name, fibers, atomics=False):
+        return super().__new__(cls, (name, fibers, atomics))
+
+    name = property(lambda self: self[0])
+    fibers = property(lambda self: self[1])
+    atomics = property(lambda self: self[2])
 
 
 def _body(clean, start):
     """Text of the brace-delimited body that follows position ``start``."""
+    return clean[start:_body_end(clean, start)]
+
+
+def _body_end(clean, start):
     i = clean.index("{", start)
     depth = 0
     for j in range(i, len(clean)):
@@ -135,12 +159,114 @@ def _body(clean, start):
         elif clean[j] == "}":
             depth -= 1
             if depth == 0:
-                return clean[i:j + 1]
+                return j + 1
     raise EmulatorCompileError("unbalanced braces in the .cu source")
 
 
-def analyse(src):
-    """Rewrite dynamic shared memory; return (source, [(kernel, uses_syncthreads)])."""
+def _line(src, pos):
+    return src.count("\n", 0, pos) + 1
+
+
+def _split_top(text, sep=","):
+    """``text`` split at ``sep`` outside (), [] and <>."""
+    parts, depth, cur = [], 0, []
+    for ch in text:
+        if ch in "([<":
+            depth += 1
+        elif ch in ")]>":
+            depth -= 1
+        if ch == sep and depth == 0:
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    parts.append("".join(cur))
+    return parts
+
+
+def _rewrite_static_shared(src, filename):
+    """Every ``__shared__ T name[...];`` in a function body becomes a reference to a slot of
+    the running block's shared memory, filled with 0xFF bytes at the start of each block::
+
+        using __emu_shared_t7 = T[...];
+        __emu_shared_t7& name = ::emu::static_smem<__emu_shared_t7, 7, align>();
+
+    on the same line (line numbers are kept). File-scope ``__shared__`` variables and
+    declarations inside ``#define``s are refused with the reason."""
+    clean = _blank_comments(src)
+    bodies = [(m.end() - 1, _body_end(clean, m.end() - 1)) for m in _FUNCTION.finditer(clean)
+              if m.group(1) not in _NOT_FUNCTIONS]
+    pieces, last, sid = [], 0, 0
+    for m in _SHARED.finditer(clean):
+        where = f"{filename}:{_line(src, m.start())}"
+        line_start = clean.rfind("\n", 0, m.start()) + 1
+        if clean[line_start:m.start()].lstrip().startswith("#"):
+            raise EmulatorCompileError(
+                f"{where}: __shared__ inside a #define: the CPU emulator rewrites each "
+                f"__shared__ declaration where it stands and cannot see through macros; write "
+                f"the declaration in the function body")
+        if not any(a < m.start() < b for a, b in bodies):
+            raise EmulatorCompileError(
+                f"{where}: a __shared__ variable outside a function: the CPU emulator gives "
+                f"each block its own shared memory and supports __shared__ declarations only "
+                f"inside a kernel or __device__ function body; move it there")
+        begin = max(clean.rfind(c, 0, m.start()) for c in ";{}") + 1
+        end = clean.find(";", m.end())
+        prefix, decl = clean[begin:m.start()], clean[m.end():end]
+        if end < 0 or "{" in decl or "=" in decl:
+            raise EmulatorCompileError(
+                f"{where}: cannot parse this __shared__ declaration for the CPU emulator "
+                f"(expected `__shared__ type name[dims];`, no initializer)")
+        align = "0"
+        spec = prefix + " " + decl
+        for a in _ALIGN.finditer(spec):
+            align = f"({a.group(1)})"
+        spec = _ALIGN.sub(" ", spec)
+        quals = [q for q in ("volatile", "const") if re.search(rf"\b{q}\b", prefix)]
+        leftover = re.sub(r"\b(?:volatile|const|static)\b", " ", _ALIGN.sub(" ", prefix))
+        if leftover.strip():
+            raise EmulatorCompileError(
+                f"{where}: cannot parse {leftover.strip()!r} before __shared__ for the CPU "
+                f"emulator")
+        parts = _split_top(_ALIGN.sub(" ", decl))
+        first = parts[0]
+        bracket = first.find("[")
+        head = first if bracket < 0 else first[:bracket]
+        names = list(_IDENT.finditer(head))
+        if len(names) < 2:
+            raise EmulatorCompileError(
+                f"{where}: cannot find the type and name in this __shared__ declaration")
+        name0 = names[-1]
+        base = " ".join(quals + [head[:name0.start()].strip()])
+        base_nostar = base.rstrip("*& ")
+        out = []
+        for i, part in enumerate(parts):
+            if i == 0:
+                typ, name = base, name0.group(0)
+                dims = first[len(head):] if bracket >= 0 else ""
+            else:
+                pm = re.match(r"\s*([*&\s]*)([A-Za-z_]\w*)\s*(.*)$", part, re.S)
+                if not pm or (pm.group(3).strip() and not pm.group(3).strip().startswith("[")):
+                    raise EmulatorCompileError(
+                        f"{where}: cannot parse declarator {part.strip()!r} of this __shared__ "
+                        f"declaration for the CPU emulator")
+                typ = base_nostar + pm.group(1).replace(" ", "")
+                name, dims = pm.group(2), pm.group(3)
+            alias = f"__emu_shared_t{sid}"
+            dims = re.sub(r"\s*([\[\]])\s*", r"\1", " ".join(dims.split()))
+            out.append(f"using {alias} = {typ.strip()}{dims}; {alias}& {name} = "
+                       f"::emu::static_smem<{alias}, {sid}, {align}>();")
+            sid += 1
+        pieces += [src[last:begin], "\n" * src.count("\n", begin, m.start()), " ".join(out),
+                   "\n" * src.count("\n", m.start(), end + 1)]
+        last = end + 1
+    pieces.append(src[last:])
+    return "".join(pieces)
+
+
+def analyse(src, filename="<string>"):
+    """Rewrite shared memory (dynamic and static) for the emulator; return (source,
+    [Kernel(name, fibers, atomics)])."""
     clean = _blank_comments(src)
     pieces, last = [], 0
     for m in _EXTERN_SHARED.finditer(clean):
@@ -155,35 +281,43 @@ def analyse(src):
         pieces += [src[last:m.start()], rep]
         last = m.end()
     pieces.append(src[last:])
-    out = "".join(pieces)
+    out = _rewrite_static_shared("".join(pieces), filename)
     clean = _blank_comments(out)
-    # Functions that reach __syncthreads(), directly or through helpers they call: their
-    # kernels need fibers; the others take the fast path (a plain loop over threads).
+    # Functions that reach a barrier or a warp primitive, directly or through helpers they
+    # call: their kernels need fibers; the others take the fast path (a plain loop over
+    # threads). The same closure finds the kernels that use atomics (the race check compares
+    # their float results within a tolerance).
     bodies = {}
     for m in _FUNCTION.finditer(clean):
         if m.group(1) not in _NOT_FUNCTIONS:
             bodies[m.group(1)] = _body(clean, m.end() - 1)
-    syncing = {"__syncthreads"}
-    while True:
-        more = {f for f, body in bodies.items() if f not in syncing
-                and any(re.search(rf"\b{re.escape(g)}\s*\(", body) for g in syncing)}
-        if not more:
-            break
-        syncing |= more
+
+    def reaching(seeds, pattern):
+        found = {f for f, body in bodies.items() if re.search(pattern, body)} | set(seeds)
+        while True:
+            more = {f for f, body in bodies.items() if f not in found
+                    and any(re.search(rf"\b{re.escape(g)}\s*\(", body) for g in found)}
+            if not more:
+                return found
+            found |= more
+
+    blocking = reaching(BLOCKING, r"\b(?:%s)\s*\(" % "|".join(BLOCKING))
+    atomic = reaching((), r"\batomic[A-Z]\w*\s*\(")
     kernels = []
     for m in _KERNEL.finditer(clean):
-        kernels.append((m.group(1), m.group(1) in syncing))
+        k = m.group(1)
+        kernels.append(Kernel(k, k in blocking, k in atomic))
     return out, kernels
 
 
 def _wrappers(kernels):
     lines = ["\n// ---- appended by kernels/emulator/loader.py"]
-    for name, _ in kernels:
+    for name, *_ in kernels:
         lines.append(
             f'extern "C" int __emu_launch_{name}(void* const* a, unsigned gx, unsigned gy, '
             f'unsigned gz, unsigned bx, unsigned by, unsigned bz, unsigned long long smem, '
-            f'int fibers) {{ return ::emu::launch(&{name}, a, gx, gy, gz, bx, by, bz, smem, '
-            f'fibers); }}')
+            f'int fibers, int order, unsigned long long seed) {{ return ::emu::launch(&{name}, '
+            f'a, gx, gy, gz, bx, by, bz, smem, fibers, order, seed); }}')
         lines.append(f'extern "C" const char* __emu_signature_{name}() '
                      f'{{ return ::emu::signature(&{name}); }}')
     return "\n".join(lines) + "\n"
@@ -204,7 +338,7 @@ _loaded = {}
 def build(src, filename="<string>", asan=None):
     """Compile ``src`` (CUDA C) into a cached shared library; return (path, kernels)."""
     asan = asan_enabled(asan)
-    code, kernels = analyse(src)
+    code, kernels = analyse(src, filename)
     if not kernels:
         raise EmulatorCompileError(f"{filename}: no __global__ kernels found")
     full = f'#line 1 "{filename}"\n{code}{_wrappers(kernels)}'
@@ -241,17 +375,40 @@ def _asan_loaded():
     return hasattr(ctypes.CDLL(None), "__asan_init")
 
 
-class EmuKernel:
-    """One kernel; call it like a ``cupy.RawKernel``: ``k(grid, block, args, shared_mem=0)``."""
+def racecheck_enabled():
+    """``SCAE_NP_EMU_RACECHECK=1`` in the environment (read at every launch)."""
+    return os.environ.get("SCAE_NP_EMU_RACECHECK", "").strip() not in ("", "0")
 
-    def __init__(self, module, name, fibers):
+
+def racecheck_seed():
+    """The seed of the race check's shuffled thread order (``SCAE_NP_EMU_RACECHECK_SEED``)."""
+    return int(os.environ.get("SCAE_NP_EMU_RACECHECK_SEED", "1"))
+
+
+#: thread orders of cuda_emu.h (emu::Order) the race check compares with index order
+RACE_ORDERS = ((1, "reverse"), (2, "shuffled"))
+
+
+class EmuKernel:
+    """One kernel; call it like a ``cupy.RawKernel``: ``k(grid, block, args, shared_mem=0)``.
+
+    With ``SCAE_NP_EMU_RACECHECK=1`` in the environment every call runs the launch three times
+    from the same inputs -- threads in index order, reversed, and shuffled (a seeded order,
+    new for every block and barrier interval; blocks reversed / permuted too) -- and raises
+    :class:`EmulatorError` ("race") if any array argument ends up different: bit for bit,
+    except for kernels that use atomics, whose arrays listed in ``race_tolerance`` (a callable
+    returning ``{argument index: absolute tolerance array}``, evaluated only then) may differ
+    by that much (the order of float atomicAdds changes the rounding)."""
+
+    def __init__(self, module, name, info):
         self.name = name
-        self.fibers = fibers
+        self.fibers = info.fibers
+        self.atomics = info.atomics
         self._module = module
         self._fn = getattr(module._lib, f"__emu_launch_{name}")
         self._fn.restype = ctypes.c_int
-        self._fn.argtypes = [ctypes.c_void_p] + [ctypes.c_uint] * 6 + [ctypes.c_ulonglong,
-                                                                        ctypes.c_int]
+        self._fn.argtypes = ([ctypes.c_void_p] + [ctypes.c_uint] * 6
+                             + [ctypes.c_ulonglong, ctypes.c_int, ctypes.c_int, ctypes.c_ulonglong])
         sig = getattr(module._lib, f"__emu_signature_{name}")
         sig.restype = ctypes.c_char_p
         self.signature = sig().decode()
@@ -288,18 +445,80 @@ class EmuKernel:
             argv[i] = ctypes.addressof(c)
         return keep, argv
 
-    def __call__(self, grid, block, args, shared_mem=0):
-        grid = tuple(int(g) for g in (tuple(grid) + (1, 1, 1))[:3])
-        block = tuple(int(b) for b in (tuple(block) + (1, 1, 1))[:3])
-        keep, argv = self._marshal(args)
+    def _launch(self, grid, block, argv, shared_mem, order=0, seed=0):
         rc = self._fn(ctypes.cast(argv, ctypes.c_void_p), *grid, *block, int(shared_mem),
-                      int(self.fibers))
-        del keep
+                      int(self.fibers), int(order), int(seed))
         if rc != 0:
             last_error = getattr(self._module._lib, "__emu_last_error")  # (no name mangling)
             last_error.restype = ctypes.c_char_p
             msg = last_error().decode()
-            raise EmulatorError(f"launch of {self.name} failed: {msg}")
+            how = "" if order == 0 else f" (threads in {dict(RACE_ORDERS)[order]} order)"
+            raise EmulatorError(f"launch of {self.name} failed{how}: {msg}")
+
+    def __call__(self, grid, block, args, shared_mem=0, race_tolerance=None):
+        grid = tuple(int(g) for g in (tuple(grid) + (1, 1, 1))[:3])
+        block = tuple(int(b) for b in (tuple(block) + (1, 1, 1))[:3])
+        keep, argv = self._marshal(args)
+        if not racecheck_enabled():
+            self._launch(grid, block, argv, shared_mem)
+        else:
+            self._race_checked(grid, block, args, argv, shared_mem, race_tolerance)
+        del keep
+
+    def _race_checked(self, grid, block, args, argv, shared_mem, race_tolerance):
+        arrays = [(i, a) for i, a in enumerate(args) if isinstance(a, np.ndarray)]
+        before = [a.copy() for _, a in arrays]
+        self._launch(grid, block, argv, shared_mem)
+        first = [a.copy() for _, a in arrays]
+        tol = {}
+        if self.atomics and race_tolerance is not None:
+            tol = race_tolerance()
+        seed = racecheck_seed()
+        for order, what in RACE_ORDERS:
+            for (_, a), b in zip(arrays, before):
+                _restore(a, b)
+            self._launch(grid, block, argv, shared_mem, order, seed)
+            for (i, a), f in zip(arrays, first):
+                bad = _differs(a, f, tol.get(i))
+                if bad is not None:
+                    n, j = bad
+                    raise EmulatorError(
+                        f"race in kernel {self.name}: argument {i} differs when the threads of "
+                        f"each block run in {what} order between barriers instead of index "
+                        f"order ({n} of {a.size} elements; first at flat index {j}: "
+                        f"{f.reshape(-1)[j]!r} in index order, {a.reshape(-1)[j]!r} {what}). "
+                        f"The result depends on the order threads run in: a missing "
+                        f"__syncthreads() between a write and a read of shared memory, threads "
+                        f"writing the same element, or a read of another thread's output. "
+                        f"(race check: SCAE_NP_EMU_RACECHECK=1, "
+                        f"SCAE_NP_EMU_RACECHECK_SEED={seed}; grid {grid}, block {block})")
+        for (_, a), f in zip(arrays, first):
+            _restore(a, f)
+
+
+def _restore(a, saved):
+    if a.flags.writeable:
+        np.copyto(a, saved)
+    else:     # a read-only input: the kernel may not write it, but the check must restore it
+        ctypes.memmove(a.ctypes.data, saved.ctypes.data, saved.nbytes)
+
+
+def _differs(a, b, tol=None):
+    """None if ``a`` equals ``b`` bit for bit (or within ``tol``), else (count, first index)."""
+    ab, bb = a.reshape(-1).view(np.uint8), b.reshape(-1).view(np.uint8)
+    if np.array_equal(ab, bb):
+        return None
+    if tol is not None and a.dtype.kind == "f":
+        x, y = a.reshape(-1).astype(np.float64), b.reshape(-1).astype(np.float64)
+        t = np.broadcast_to(np.asarray(tol, np.float64), a.shape).reshape(-1)
+        same_nan = np.isnan(x) & np.isnan(y)
+        bad = ~(same_nan | (np.abs(x - y) <= t))
+    else:
+        item = a.dtype.itemsize
+        bad = (ab != bb).reshape(-1, item).any(axis=1) if item else np.zeros(0, bool)
+    if not bad.any():
+        return None
+    return int(bad.sum()), int(np.argmax(bad))
 
 
 class EmuModule:
@@ -322,7 +541,7 @@ class EmuModule:
         with _lock:
             if key not in _loaded:
                 so, kernels = build(code, path or "<string>", self.asan)
-                _loaded[key] = (ctypes.CDLL(so), dict(kernels))
+                _loaded[key] = (ctypes.CDLL(so), {k.name: k for k in kernels})
         self._lib, self._kernels = _loaded[key]
         self.kernels = tuple(self._kernels)
         self._cache = {}
