@@ -121,9 +121,9 @@ def import_numba_cuda(emulate):
     if not emulate and sim:
         raise BackendUnavailableError(_SIM_PROCESS.format(
             why="numba was imported with NUMBA_ENABLE_CUDASIM=1"))
-    if sim:     # the simulator has no warp primitives: add them (kernels/numba_sim_warp.py)
-        from . import numba_sim_warp
-        numba_sim_warp.install()
+    if sim:     # warp primitives, per-block NaN shared memory (kernels/numba_simulator.py)
+        from . import numba_simulator
+        numba_simulator.install()
     return cuda
 
 

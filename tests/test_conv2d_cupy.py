@@ -122,14 +122,17 @@ def test_float64_is_refused_with_the_fix(be):
 
 
 def test_deterministic_versions_repeat_bitwise(be):
-    """naive, reduce and implicit_gemm weight/bias gradients give the same bits every run."""
+    """naive, reduce, warp and implicit_gemm weight/bias gradients give the same bits every
+    run; warp adds in reduce's tree order, so the two weight gradients agree bitwise."""
     args32, _, _ = case(SMALL[3])
     x, dy = (be.to_device(a) for a in args32["conv2d_backward_weight"])
-    for v in ("naive", "reduce", "implicit_gemm"):
+    for v in ("naive", "reduce", "warp", "implicit_gemm"):
         a = be.to_host(be.conv2d_backward_weight(x, dy, version=v))
         b = be.to_host(be.conv2d_backward_weight(x, dy, version=v))
         assert np.array_equal(a, b), v
-    for v in ("naive", "reduce"):
+    assert np.array_equal(be.to_host(be.conv2d_backward_weight(x, dy, version="warp")),
+                          be.to_host(be.conv2d_backward_weight(x, dy, version="reduce")))
+    for v in ("naive", "reduce", "warp"):
         assert np.array_equal(be.to_host(be.conv2d_backward_bias(dy, version=v)),
                               be.to_host(be.conv2d_backward_bias(dy, version=v)))
 

@@ -38,8 +38,8 @@ ref = get_backend("numpy")
 LADDER = {
     "conv2d_forward": ("naive", "tiled", "implicit_gemm"),
     "conv2d_backward_input": ("naive", "tiled", "implicit_gemm"),
-    "conv2d_backward_weight": ("naive", "atomic", "reduce", "implicit_gemm"),
-    "conv2d_backward_bias": ("naive", "reduce"),
+    "conv2d_backward_weight": ("naive", "atomic", "reduce", "warp", "implicit_gemm"),
+    "conv2d_backward_bias": ("naive", "reduce", "warp"),
 }
 
 # (N, C, H, W, F, KH, KW)
@@ -172,7 +172,7 @@ def test_paper_layers_full_gpu(op, version, shape, rng):
     check_version(numba_backend("gpu"), op, version, shape, rng)
 
 
-@pytest.mark.parametrize("version", ["naive", "reduce", "implicit_gemm"])
+@pytest.mark.parametrize("version", ["naive", "reduce", "warp", "implicit_gemm"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_weight_gradient_deterministic(kind, version, rng):
     """The versions documented as deterministic give the same bits on every run."""
@@ -181,6 +181,18 @@ def test_weight_gradient_deterministic(kind, version, rng):
     a = be.to_host(be.conv2d_backward_weight(x, dy, version=version))
     b = be.to_host(be.conv2d_backward_weight(x, dy, version=version))
     assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_weight_gradient_warp_equals_reduce_bitwise(kind, rng):
+    """The warp version adds the T partial sums in reduce's tree order (shuffles instead of
+    shared memory): the same bits, here with T = 4 (R = 30) and T = 32 (R = 289)."""
+    be = numba_backend(kind)
+    for shape in ((2, 3, 7, 6, 4, 3, 2), (1, 1, 19, 18, 2, 3, 2)):
+        x, dy = (be.to_device(a) for a in _inputs(rng, "conv2d_backward_weight", shape))
+        a = be.to_host(be.conv2d_backward_weight(x, dy, version="warp"))
+        b = be.to_host(be.conv2d_backward_weight(x, dy, version="reduce"))
+        assert np.array_equal(a, b), shape
 
 
 @pytest.mark.parametrize("kind", KINDS)

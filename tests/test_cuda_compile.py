@@ -61,6 +61,18 @@ def test_resource_report_is_current(ptxas_rows):
     assert listed == {(r["kernel"], r["arch"]) for r in ptxas_rows}
 
 
+@pytest.mark.parametrize("probe", ["broken_kernels.cu", "asan_probe.cu"])
+def test_test_probes_are_real_cuda(probe):
+    """The deliberately broken kernels that the emulator's checks must catch
+    (tests/cuda/*.cu) are valid CUDA C: nvcc compiles every one of them."""
+    nvcc = ptxas_report.find_nvcc()
+    if nvcc is None:
+        pytest.skip("nvcc not found (CUDA toolkit not installed)")
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cuda", probe)
+    rows = ptxas_report.compile_file(path, nvcc, archs=("80",))
+    assert {r["kernel"] for r in rows} == set(kernels_in(path))
+
+
 def _nvrtc():
     try:
         from cupy.cuda import nvrtc

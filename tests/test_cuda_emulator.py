@@ -316,7 +316,15 @@ def test_asan_catches_an_out_of_bounds_read():
     r = _run_asan("copy_oob")
     assert r.returncode != 0, r.stdout
     assert "AddressSanitizer: heap-buffer-overflow" in r.stderr
-    assert re.search(r"in copy_oob .*asan_probe\.cu:8", r.stderr), r.stderr[-2000:]
+    assert re.search(r"in copy_oob .*asan_probe\.cu:9\b", r.stderr), r.stderr[-2000:]
+    assert "finished" not in r.stdout
+
+
+def test_asan_catches_an_out_of_bounds_read_of_static_shared_memory():
+    r = _run_asan("shared_oob")
+    assert r.returncode != 0, r.stdout
+    assert "AddressSanitizer: heap-buffer-overflow" in r.stderr
+    assert re.search(r"in shared_oob .*asan_probe\.cu:32\b", r.stderr), r.stderr[-2000:]
     assert "finished" not in r.stdout
 
 

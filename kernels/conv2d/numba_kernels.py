@@ -67,7 +67,7 @@ argument), ``all_sync``, ``any_sync``, ``eq_sync``, ``ballot_sync``, ``syncwarp`
 CUDA simulator (numba-cuda 0.30.4, ``numba_cuda/numba/cuda/simulator/kernelapi.py``) has
 **none** of them -- only ``laneid``, ``warpsize`` and ``syncthreads_count/and/or``: a
 kernel calling ``cuda.shfl_down_sync`` fails there with an AttributeError. The project adds
-the shuffles, the votes and ``syncwarp`` to the simulator (``kernels/numba_sim_warp.py``,
+the shuffles, the votes and ``syncwarp`` to the simulator (``kernels/numba_simulator.py``,
 installed by ``get_backend("numba", emulate=True)``): a lane waits until every lane named in
 the mask has made the same call, a named lane that exits or waits elsewhere raises, a read
 from a lane outside the mask returns NaN. So the ``warp`` versions below run against NumPy in

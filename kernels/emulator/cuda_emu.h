@@ -202,7 +202,9 @@ inline const char* op_name(unsigned char op) {
 
 struct Site {   // a call site in the .cu file (the loader's #line keeps its name and lines)
     const char* file; unsigned line, col;
-    bool operator==(const Site& o) const { return line == o.line && col == o.col && !std::strcmp(file, o.file); }
+    bool operator==(const Site& o) const {
+        return line == o.line && col == o.col && (file == o.file || !std::strcmp(file, o.file));
+    }
 };
 
 struct Fiber {
@@ -498,6 +500,17 @@ inline void fail_warp(Worker* w) {
 // After a round: 0 = the block has finished, 1 = some threads may run again, -1 = error.
 inline int resolve(Worker* w) {
     const unsigned n = w->nthreads;
+    {   // the common case first: every thread waits at the same __syncthreads()
+        const Fiber& f0 = w->fib[0];
+        unsigned t = 0;
+        if (f0.state == kAtBarrier && f0.op == kSync)
+            while (t < n && w->fib[t].state == kAtBarrier && w->fib[t].op == kSync &&
+                   w->fib[t].site == f0.site) ++t;
+        if (t == n && n) {
+            for (unsigned u = 0; u < n; ++u) w->fib[u].state = kRunnable;
+            return 1;
+        }
+    }
     unsigned at_warp = 0, at_barrier = 0, done = 0, first_barrier = n, first_done = n;
     for (unsigned t = 0; t < n; ++t) {
         switch (w->fib[t].state) {

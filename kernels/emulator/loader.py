@@ -15,9 +15,16 @@ What the loader does to the source (line numbers are kept, so g++ errors point i
 
 * ``extern __shared__ T name[];`` becomes ``T* name = (T*)emu::dyn_smem();`` (a per-block
   buffer of the launch's ``shared_mem`` bytes);
+* ``__shared__ T name[...];`` becomes ``using A = T[...]; A& name = emu::static_smem<A, id,
+  align>();`` -- a slot of the running block's shared memory; both kinds are filled with
+  0xFF bytes (NaN) at the start of every block;
 * for every ``__global__`` function it appends an ``extern "C"`` wrapper
   ``__emu_launch_<name>`` that calls ``emu::launch`` (``cuda_emu.h``), and it notes whether the
-  kernel's body calls ``__syncthreads()`` (fibers) or not (plain loop: the fast path).
+  kernel reaches a barrier or a warp primitive (fibers) or not (plain loop: the fast path),
+  and whether it reaches an ``atomic*`` call (for the race check's tolerance).
+
+``SCAE_NP_EMU_RACECHECK=1`` makes every launch a race check (:class:`EmuKernel`). The checks
+and what they cannot see: kernels/emulator/README.md.
 
 Builds are cached by the hash of everything that goes into them, under
 ``$SCAE_NP_EMU_CACHE`` or ``~/.cache/scae_np/emu`` (a temp dir if that is not writable).

@@ -1,4 +1,5 @@
-"""Warp primitives for numba's CUDA simulator, which has none.
+"""Make numba's CUDA simulator as strict as the CPU emulator: warp primitives (it has none)
+and shared memory that starts as NaN in every block (it reuses one array for all blocks).
 
 numba-cuda (0.30.4, ``numba_cuda/numba/cuda/simulator/kernelapi.py``) compiles
 ``cuda.shfl_sync``, ``shfl_up_sync``, ``shfl_down_sync``, ``shfl_xor_sync``, ``all_sync``,
@@ -10,20 +11,28 @@ an AttributeError. :func:`install` adds them, with the rules a GPU imposes:
 * the calling lane must be in ``mask``; every lane named in ``mask`` must make the same call
   with the same mask; the call returns once they all have (a rendezvous of the simulator's
   Python threads). A named lane that has exited, that waits in ``syncthreads``, that waits in
-  another warp primitive, or that does not exist, raises ``RuntimeError`` ("divergent warp")
-  -- on a GPU that is undefined behaviour or a hang;
+  another warp primitive whose mask names the caller, or that does not exist, raises
+  ``RuntimeError`` ("divergent warp") -- on a GPU that is undefined behaviour or a hang;
 * shuffles have numba's semantics (no ``width`` argument: always 32 lanes): ``shfl_sync``
   reads lane ``src_lane % 32``, ``shfl_up_sync`` lane - delta (own value below lane 0),
   ``shfl_down_sync`` lane + delta (own value past lane 31), ``shfl_xor_sync`` lane ^ mask;
   reading a lane outside ``mask`` (undefined on a GPU) returns NaN (-1 for integers).
 
 Not added: ``activemask`` and ``lanemask_lt`` (they need the GPU's notion of which lanes run
-converged), ``match_any_sync``/``match_all_sync`` (unused here). ``kernels.numba_backend``
-installs this when it runs the simulator (``get_backend("numba", emulate=True)``).
+converged), ``match_any_sync``/``match_all_sync`` (unused here).
+
+Shared memory: the simulator keeps one NumPy array per ``cuda.shared.array`` line for the
+whole launch (``np.empty``: often zeros) and one zeroed dynamic buffer, so a block reads what
+the previous block left. :func:`install` gives every block fresh arrays filled with 0xFF bytes
+(NaN as float, -1 as int), as the CPU emulator does (kernels/emulator/README.md).
+
+``kernels.numba_backend`` installs all this when it runs the simulator
+(``get_backend("numba", emulate=True)``).
 """
 from __future__ import annotations
 
 import math
+import sys
 import threading
 import time
 
@@ -32,6 +41,7 @@ import numpy as np
 FULL_MASK = 0xFFFFFFFF
 WARP = 32
 POLL_S = 0.02          # a waiting lane re-checks its partners this often
+GRACE_S = 3.0          # a partner seen in syncthreads this long (not a release in progress)
 TIMEOUT_S = 300.0      # nothing in a test kernel waits this long: report a hang, don't hang
 
 _lock = threading.Lock()
@@ -49,6 +59,7 @@ class _Block:
         self.cond = [threading.Condition() for _ in range(nwarps)]
         self.arrived = [dict() for _ in range(nwarps)]   # lane -> (op, mask, value, arg)
         self.results = [dict() for _ in range(nwarps)]   # lane -> result
+        self.failed = None       # the first divergence found in this block
 
 
 def _block_of(thread, create=True):
@@ -128,29 +139,33 @@ def _complete(blk, w, mask):
 
 
 def _diagnose(blk, w, lane, op, mask):
-    """A message if some lane named in ``mask`` can never arrive, else None (keep waiting)."""
+    """(message, definitive) if some lane named in ``mask`` may never arrive, else None.
+
+    Exited, missing and cross-waiting lanes are definitive. A lane seen in ``syncthreads``
+    is not: the simulator's manager releases a barrier thread by thread, so a lane may still
+    look blocked for a moment after the others (us among them) have passed the barrier."""
     for k in range(WARP):
         if not mask >> k & 1 or k == lane:
             continue
         tid = w * WARP + k
         if tid >= blk.nthreads:
             return (f"divergent warp: lane {lane} calls cuda.{op} with mask 0x{mask:08x}, which "
-                    f"names lane {k}, but the block has only {blk.nthreads} threads")
+                    f"names lane {k}, but the block has only {blk.nthreads} threads"), True
         other = blk.arrived[w].get(k)
         # A lane at another call waits for its own mask; only if that names us too can it
         # never come here (it waits for us, we wait for it). Otherwise it may still come.
         if other is not None and (other[0], other[1]) != (op, mask) and other[1] >> lane & 1:
             return (f"divergent warp: lane {lane} waits in cuda.{op} (mask 0x{mask:08x}) for "
                     f"lane {k}, which waits in cuda.{other[0]} with mask 0x{other[1]:08x}: the "
-                    f"lanes named in a mask must all make the same call")
+                    f"lanes named in a mask must all make the same call"), True
         if other is None:
             if tid in blk.exited:
                 return (f"divergent warp: lane {lane} waits in cuda.{op} (mask 0x{mask:08x}) for "
-                        f"lane {k}, which has exited: a lane named in the mask never arrives")
+                        f"lane {k}, which has exited: a lane named in the mask never arrives"), True
             t = blk.threads.get(tid)
             if t is not None and t.syncthreads_blocked:
                 return (f"divergent warp: lane {lane} waits in cuda.{op} (mask 0x{mask:08x}) for "
-                        f"lane {k}, which waits in cuda.syncthreads(): neither can go on")
+                        f"lane {k}, which waits in cuda.syncthreads(): neither can go on"), False
     return None
 
 
@@ -165,6 +180,7 @@ def _rendezvous(op, mask, value, arg=0):
     blk = _block_of(me)
     cond = blk.cond[w]
     start = time.monotonic()
+    suspect = None          # when a non-definitive diagnosis was first seen
     with cond:
         blk.arrived[w][lane] = (op, mask, value, arg)
         if all(k in blk.arrived[w] and blk.arrived[w][k][:2] == (op, mask)
@@ -178,11 +194,23 @@ def _rendezvous(op, mask, value, arg=0):
             if getattr(me, "abort", False):
                 raise RuntimeError("abort flag set while waiting in a warp primitive")
             with _lock:
-                why = _diagnose(blk, w, lane, op, mask)
-            if why is None and time.monotonic() - start > TIMEOUT_S:
+                found = _diagnose(blk, w, lane, op, mask)
+            now = time.monotonic()
+            why = None
+            if found is not None:
+                why, definitive = found
+                suspect = suspect if suspect is not None else now
+                if not definitive and now - suspect < GRACE_S:
+                    why = None
+            else:
+                suspect = None
+            if why is None and now - start > TIMEOUT_S:
                 why = f"cuda.{op} waited {TIMEOUT_S:.0f} s for its warp: a hang"
+            if blk.failed is not None:      # another lane found the divergence first:
+                why = blk.failed                # report that one, whichever the manager shows
             if why is not None:
                 blk.arrived[w].pop(lane, None)
+                blk.failed = blk.failed or why
                 raise RuntimeError(why)
         return blk.results[w].pop(lane)
 
@@ -223,6 +251,34 @@ def syncwarp(self, mask=FULL_MASK):
     _rendezvous("syncwarp", mask, 0)
 
 
+def shared_array(self, shape, dtype, alignment=None):
+    """``FakeCUDAShared.array``, but fresh for every block and filled with 0xFF bytes."""
+    from numba.core import types
+    from numba.np import numpy_support
+    if alignment is not None:
+        raise RuntimeError("Array alignment is not supported in cudasim")
+    if isinstance(dtype, types.Type):
+        dtype = numpy_support.as_dtype(dtype)
+    dtype = np.dtype(dtype)
+    block = tuple(threading.current_thread().blockIdx)
+    caller = sys._getframe(1)
+    key = (caller.f_code.co_filename, caller.f_lineno)
+    with _lock:
+        if self.__dict__.get("_scae_np_block") != block:   # a new block: new shared memory
+            self._scae_np_block = block
+            self._allocations = {}
+            self._dynshared = np.full(self._dynshared_size, 0xFF, dtype=np.uint8)
+        if shape == 0:      # dynamic shared memory: one buffer for all its views, as before
+            return np.frombuffer(self._dynshared.data, dtype=dtype,
+                                 count=self._dynshared_size // dtype.itemsize)
+        res = self._allocations.get(key)
+        if res is None:
+            res = np.empty(shape, dtype)
+            res.view(np.uint8)[...] = 0xFF
+            self._allocations[key] = res
+        return res
+
+
 PRIMITIVES = {f.__name__: f for f in (shfl_sync, shfl_up_sync, shfl_down_sync, shfl_xor_sync,
                                       ballot_sync, any_sync, all_sync, eq_sync, syncwarp)}
 
@@ -247,4 +303,5 @@ def install():
             _exited(self)
 
     kernel.BlockThread.run = tracked_run
+    kernelapi.FakeCUDAShared.array = shared_array
     fake._scae_np_warp = True
