@@ -54,7 +54,7 @@ typedef float real;
 #define GEMM_PAD 4
 
 // dy[n,f,i,j] * x[n,c,i+p,j+q] for reduction position r = (n, i, j) -- shared by the
-// naive, atomic and reduce versions.
+// naive, atomic, reduce and warp versions.
 __device__ __forceinline__ real wgrad_term(const real* __restrict__ x,
                                            const real* __restrict__ dy, int r, int f, int c,
                                            int p, int q, int C, int H, int W, int F, int OH,
@@ -62,6 +62,23 @@ __device__ __forceinline__ real wgrad_term(const real* __restrict__ x,
     const int n = r / (OH * OW), s = r % (OH * OW);
     const int i = s / OW, j = s % OW;
     return dy[((size_t)n * F + f) * OH * OW + s] * x[(((size_t)n * C + c) * H + i + p) * W + j + q];
+}
+
+// Thread tx's share of dw.flat[e] when T threads split its sum: positions r = tx, tx+T, ...
+// (0 for an e past the end, so the thread still takes part in the tree) -- shared by the
+// reduce and warp versions.
+__device__ __forceinline__ real wgrad_partial(const real* __restrict__ x,
+                                              const real* __restrict__ dy, int e, int tx,
+                                              int T, int N, int C, int H, int W, int F,
+                                              int OH, int OW) {
+    const int KH = H - OH + 1, KW = W - OW + 1;
+    real acc = 0;
+    if (e < F * C * KH * KW) {
+        const int q = e % KW, p = (e / KW) % KH, c = (e / (KW * KH)) % C, f = e / (KW * KH * C);
+        for (int r = tx; r < N * OH * OW; r += T)
+            acc += wgrad_term(x, dy, r, f, c, p, q, C, H, W, F, OH, OW);
+    }
+    return acc;
 }
 
 // ---------------------------------------------------------------------------------- naive
@@ -114,18 +131,11 @@ extern "C" __global__ void conv2d_backward_weight_reduce(real* __restrict__ dw,
                                                          int C, int H, int W, int F, int OH,
                                                          int OW) {
     __shared__ real part[WGRAD_RED_BLOCK];
-    const int KH = H - OH + 1, KW = W - OW + 1;
-    const int E = F * C * KH * KW, R = N * OH * OW;
+    const int E = F * C * (H - OH + 1) * (W - OW + 1);
     const int T = blockDim.x, tx = threadIdx.x, ty = threadIdx.y;
     const int e = blockIdx.x * blockDim.y + ty;
-    real acc = 0;
-    if (e < E) {
-        const int q = e % KW, p = (e / KW) % KH, c = (e / (KW * KH)) % C, f = e / (KW * KH * C);
-        for (int r = tx; r < R; r += T)
-            acc += wgrad_term(x, dy, r, f, c, p, q, C, H, W, F, OH, OW);
-    }
     real* mine = part + ty * T;
-    mine[tx] = acc;
+    mine[tx] = wgrad_partial(x, dy, e, tx, T, N, C, H, W, F, OH, OW);
     __syncthreads();
     for (int stride = T / 2; stride > 0; stride >>= 1) {
         if (tx < stride) mine[tx] += mine[tx + stride];
@@ -157,16 +167,10 @@ extern "C" __global__ void conv2d_backward_weight_warp(real* __restrict__ dw,
                                                        const real* __restrict__ dy, int N,
                                                        int C, int H, int W, int F, int OH,
                                                        int OW) {
-    const int KH = H - OH + 1, KW = W - OW + 1;
-    const int E = F * C * KH * KW, R = N * OH * OW;
+    const int E = F * C * (H - OH + 1) * (W - OW + 1);
     const int T = blockDim.x, tx = threadIdx.x, ty = threadIdx.y;
     const int e = blockIdx.x * blockDim.y + ty;
-    real acc = 0;
-    if (e < E) {
-        const int q = e % KW, p = (e / KW) % KH, c = (e / (KW * KH)) % C, f = e / (KW * KH * C);
-        for (int r = tx; r < R; r += T)
-            acc += wgrad_term(x, dy, r, f, c, p, q, C, H, W, F, OH, OW);
-    }
+    real acc = wgrad_partial(x, dy, e, tx, T, N, C, H, W, F, OH, OW);
     for (int off = T / 2; off > 0; off >>= 1)       // uniform: every lane makes every call
         acc += __shfl_down_sync(FULL_MASK, acc, off, T);
     if (tx == 0 && e < E) dw[e] = acc;

@@ -488,12 +488,36 @@ def launch_conv2d_backward_input_implicit_gemm(rt, dy, w):
 @cuda.jit(device=True)
 def wgrad_term(x, dy, r, f, c, p, q):
     """dy[n,f,i,j] * x[n,c,i+p,j+q] for reduction position r = (n, i, j) -- shared by the
-    naive, atomic and reduce versions (CUDA C: a ``__device__ __forceinline__`` function;
+    naive, atomic, reduce and warp versions (CUDA C: a ``__device__ __forceinline__`` function;
     numba inlines device functions too)."""
     OH, OW = dy.shape[2], dy.shape[3]
     n, s = r // (OH * OW), r % (OH * OW)
     i, j = s // OW, s % OW
     return dy[n, f, i, j] * x[n, c, i + p, j + q]
+
+
+@cuda.jit(device=True)
+def wgrad_partial(x, dy, e, tx, T):
+    """Thread tx's share of dw.flat[e] when T threads split its sum: positions r = tx,
+    tx+T, ... (0 for an e past the end, so the thread still takes part in the tree) --
+    shared by the reduce and warp versions."""
+    N, C, H, W = x.shape
+    _, F, OH, OW = dy.shape
+    KH, KW = H - OH + 1, W - OW + 1
+    acc = float32(0)
+    if e < F * C * KH * KW:
+        q, p = e % KW, (e // KW) % KH
+        c, f = (e // (KW * KH)) % C, e // (KW * KH * C)
+        for r in range(tx, N * OH * OW, T):
+            acc += wgrad_term(x, dy, r, f, c, p, q)
+    return acc
+
+
+@cuda.jit(device=True)
+def store_flat4(a, e, v):
+    """``a.flat[e] = v`` for a 4-D C-contiguous array (CUDA C: ``a[e] = v``)."""
+    _, C, KH, KW = a.shape
+    a[e // (KW * KH * C), (e // (KW * KH)) % C, (e // KW) % KH, e % KW] = v
 
 
 @cuda.jit
@@ -576,18 +600,9 @@ def conv2d_backward_weight_reduce(dw, x, dy):
     must be a compile-time constant and T is not (CUDA C: ``real* mine = part + ty*T``).
     """
     part = cuda.shared.array(WGRAD_RED_BLOCK, float32)
-    N, C, H, W = x.shape
-    _, F, OH, OW = dy.shape
-    KH, KW = H - OH + 1, W - OW + 1
-    E, R = F * C * KH * KW, N * OH * OW
     T, tx, ty = cuda.blockDim.x, cuda.threadIdx.x, cuda.threadIdx.y
     e = cuda.blockIdx.x * cuda.blockDim.y + ty
-    q, p = e % KW, (e // KW) % KH
-    c, f = (e // (KW * KH)) % C, e // (KW * KH * C)
-    acc = float32(0)
-    if e < E:
-        for r in range(tx, R, T):
-            acc += wgrad_term(x, dy, r, f, c, p, q)
+    acc = wgrad_partial(x, dy, e, tx, T)
     mine = ty * T                               # CUDA C: real* mine = part + ty * T;
     part[mine + tx] = acc
     cuda.syncthreads()
@@ -597,8 +612,8 @@ def conv2d_backward_weight_reduce(dw, x, dy):
             part[mine + tx] += part[mine + tx + stride]
         cuda.syncthreads()                      # every thread reaches it: uniform bound
         stride //= 2
-    if tx == 0 and e < E:
-        dw[f, c, p, q] = part[mine]
+    if tx == 0 and e < dw.size:
+        store_flat4(dw, e, part[mine])
 
 
 def wgrad_reduce_threads(r):
@@ -611,14 +626,20 @@ def wgrad_reduce_threads(r):
     return t
 
 
-def launch_conv2d_backward_weight_reduce(rt, x, dy):
+def _launch_wgrad_split(rt, kernel, x, dy):
+    """The launch of the reduce and warp versions: T threads per dw element, 256/T elements
+    per block (T from wgrad_reduce_threads)."""
     n, c, h, wd = x.shape
     _, f, oh, ow = dy.shape
     dw = rt.empty((f, c, h - oh + 1, wd - ow + 1))
     t = wgrad_reduce_threads(n * oh * ow)
-    rt.launch(conv2d_backward_weight_reduce, _cdiv(dw.size, WGRAD_RED_BLOCK // t),
-              (t, WGRAD_RED_BLOCK // t), (dw, x, dy))
+    rt.launch(kernel, _cdiv(dw.size, WGRAD_RED_BLOCK // t), (t, WGRAD_RED_BLOCK // t),
+              (dw, x, dy))
     return dw
+
+
+def launch_conv2d_backward_weight_reduce(rt, x, dy):
+    return _launch_wgrad_split(rt, conv2d_backward_weight_reduce, x, dy)
 
 
 @cuda.jit
@@ -638,34 +659,19 @@ def conv2d_backward_weight_warp(dw, x, dy):
     store per step); a shuffle is one register-to-register instruction. Limits: T <= 32,
     warp size 32, 256 threads per block. Constraints: launched exactly like reduce.
     """
-    N, C, H, W = x.shape
-    _, F, OH, OW = dy.shape
-    KH, KW = H - OH + 1, W - OW + 1
-    E, R = F * C * KH * KW, N * OH * OW
     T, tx, ty = cuda.blockDim.x, cuda.threadIdx.x, cuda.threadIdx.y
     e = cuda.blockIdx.x * cuda.blockDim.y + ty
-    q, p = e % KW, (e // KW) % KH
-    c, f = (e // (KW * KH)) % C, e // (KW * KH * C)
-    acc = float32(0)
-    if e < E:
-        for r in range(tx, R, T):
-            acc += wgrad_term(x, dy, r, f, c, p, q)
+    acc = wgrad_partial(x, dy, e, tx, T)
     off = T // 2
     while off > 0:                              # uniform: every lane makes every call
         acc += cuda.shfl_down_sync(FULL_MASK, acc, off)   # CUDA C: (..., off, T)
         off //= 2
-    if tx == 0 and e < E:
-        dw[f, c, p, q] = acc
+    if tx == 0 and e < dw.size:
+        store_flat4(dw, e, acc)
 
 
 def launch_conv2d_backward_weight_warp(rt, x, dy):
-    n, c, h, wd = x.shape
-    _, f, oh, ow = dy.shape
-    dw = rt.empty((f, c, h - oh + 1, wd - ow + 1))
-    t = wgrad_reduce_threads(n * oh * ow)
-    rt.launch(conv2d_backward_weight_warp, _cdiv(dw.size, WGRAD_RED_BLOCK // t),
-              (t, WGRAD_RED_BLOCK // t), (dw, x, dy))
-    return dw
+    return _launch_wgrad_split(rt, conv2d_backward_weight_warp, x, dy)
 
 
 @cuda.jit
