@@ -51,7 +51,9 @@ VERSIONS = {
 # Not measured here (no GPU on the machine that wrote them); judged from the designs:
 # implicit GEMMs do 4x4 register-blocked FMAs per shared-memory load and read each input once
 # per 64-wide tile; the gather versions write every output once, coalesced, with no memset;
-# the bias reduce uses F blocks of 256 threads instead of F threads.
+# the bias reduce uses F blocks of 256 threads instead of F threads. The warp-shuffle versions
+# (`warp`) should beat `reduce` on a GPU (no shared-memory tree, 0 or 1 barrier instead of up
+# to 9) but stay out of the defaults until they are timed on one.
 _DEFAULTS = {
     "conv2d_forward": "implicit_gemm",
     "conv2d_backward_input": "implicit_gemm",

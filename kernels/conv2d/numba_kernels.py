@@ -884,6 +884,7 @@ VERSIONS = {
 
 #: The version each op runs by default: the one expected fastest on a GPU (implicit GEMM's
 #: arithmetic intensity; the deterministic reductions). Not yet timed on a GPU: see bench/.
+#: The warp-shuffle versions stay out of the defaults until they are timed on one.
 DEFAULTS = {
     "conv2d_forward": "implicit_gemm",
     "conv2d_backward_input": "implicit_gemm",

@@ -128,8 +128,8 @@ _KERNEL = re.compile(r"__global__\s+void\s+(?:__launch_bounds__\s*\([^)]*\)\s*)?
 _FUNCTION = re.compile(r"\b(\w+)\s*\([^;{}()]*(?:\([^;{}()]*\)[^;{}()]*)*\)\s*(?:const\s*)?\{")
 _NOT_FUNCTIONS = {"if", "for", "while", "switch", "catch", "return", "sizeof", "do"}
 _EXTERN_SHARED = re.compile(
-    r"extern\s+__shared__\s+(?:__align__\s*\(\s*\d+\s*\)\s*)?([\w:]+(?:\s*\*)?)\s+"
-    r"(?:__align__\s*\(\s*\d+\s*\)\s*)?(\w+)\s*\[\s*\]\s*;")
+    r"extern\s+__shared__\s+(?:__align__\s*\(\s*\d+\s*\)\s*)?((?:[\w:]+\s+)*?[\w:]+(?:\s*\*)?)\s*"
+    r"(?<=[\s*])(?:__align__\s*\(\s*\d+\s*\)\s*)?(\w+)\s*\[\s*\]\s*;")
 _SHARED = re.compile(r"\b__shared__\b")
 _ALIGN = re.compile(r"\b(?:__align__|alignas)\s*\(\s*([^()]*)\s*\)")
 _IDENT = re.compile(r"[A-Za-z_]\w*")
@@ -217,7 +217,9 @@ def _rewrite_static_shared(src, filename):
                 f"{where}: a __shared__ variable outside a function: the CPU emulator gives "
                 f"each block its own shared memory and supports __shared__ declarations only "
                 f"inside a kernel or __device__ function body; move it there")
-        begin = max(clean.rfind(c, 0, m.start()) for c in ";{}") + 1
+        # the declaration starts after the previous statement, on the line of __shared__
+        # (qualifiers before it on that line are parsed; lines above, e.g. #pragma, stay)
+        begin = max([clean.rfind(c, 0, m.start()) + 1 for c in ";{}"] + [line_start])
         end = clean.find(";", m.end())
         prefix, decl = clean[begin:m.start()], clean[m.end():end]
         if end < 0 or "{" in decl or "=" in decl:
