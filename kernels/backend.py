@@ -175,6 +175,13 @@ _INSTALL_HINT = {
 }
 
 
+def unavailable_reason(err):
+    """The *why* of a :class:`BackendUnavailableError`, without its advice (the message up to
+    its first ``"; "``): for commands that give their own advice, such as their ``--emulate``
+    flag, instead of the ``get_backend(...)`` calls the full message suggests."""
+    return str(err).split("; ", 1)[0]
+
+
 def get_backend(name="numpy", *, emulate=False, **options):
     """Return a backend by name: ``numpy``, ``cupy`` or ``numba``.
 

@@ -57,6 +57,15 @@ def _abs_bound(op, *args):
     return fn(*a)
 
 
+def conv_tolerance(op, *inputs, dtype=np.float32):
+    """Elementwise tolerance of a convolution op's result on ``inputs`` computed in
+    ``dtype``: ``8 * sqrt(T) * eps(dtype) * S + tiny`` (the module doc says why)."""
+    dtype = np.dtype(dtype)
+    bound = _abs_bound(op, *inputs)
+    return (8.0 * math.sqrt(conv_terms(op, *inputs)) * np.finfo(dtype).eps * bound
+            + np.finfo(dtype).tiny)
+
+
 def assert_op_close(op, actual, expected, *inputs, dtype=None):
     """Assert that ``actual`` matches the reference ``expected`` for ``op`` on ``inputs``.
 
@@ -80,10 +89,9 @@ def assert_op_close(op, actual, expected, *inputs, dtype=None):
         return
     dtype = np.dtype(dtype or actual.dtype)
     terms = conv_terms(op, *inputs)
-    bound = _abs_bound(op, *inputs)
-    tol = 8.0 * math.sqrt(terms) * np.finfo(dtype).eps * bound + np.finfo(dtype).tiny
+    tol = conv_tolerance(op, *inputs, dtype=dtype)
     err = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
-    bad = err > tol
+    bad = ~(err <= tol)                 # NaN (or inf - inf) is an error, never a pass
     if bad.any():
         idx = tuple(int(i) for i in np.argwhere(bad)[0])
         worst = float((err / tol).max())
