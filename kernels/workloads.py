@@ -132,8 +132,9 @@ def _named():
                                 note="the Fig. 1 CAEs' encoder on MNIST (python -m scae_np.run)"),
             dataclasses.replace(f1p[0], name="fig1-pool",
                                 note="the pooled Fig. 1 CAEs' max-pooling"))
-    tiny = (ConvLayer("tiny-conv", 3, 4, 10, 10, 3, n=2, note="N=2: small enough for the naive loops and numba's simulator"),
-            PoolLayer("tiny-pool", 3, 10, 10, 2, n=2, note="N=2: small enough for the naive loops and numba's simulator"))
+    small = "N=2: small enough for the naive loops and numba's simulator"
+    tiny = (ConvLayer("tiny-conv", 3, 4, 10, 10, 3, n=2, note=small),
+            PoolLayer("tiny-pool", 3, 10, 10, 2, n=2, note=small))
     return paper_cnn, fig1, tiny
 
 
