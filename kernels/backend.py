@@ -175,6 +175,11 @@ _INSTALL_HINT = {
 }
 
 
+#: what ``emulate=True`` (a command's ``--emulate``) runs instead of a GPU, per GPU backend
+EMULATED = {"cupy": "the same CUDA C kernels on the CPU emulator",
+            "numba": "the same kernels in numba's CUDA simulator"}
+
+
 def unavailable_reason(err):
     """The *why* of a :class:`BackendUnavailableError`, without its advice (the message up to
     its first ``"; "``): for commands that give their own advice, such as their ``--emulate``

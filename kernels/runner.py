@@ -34,7 +34,8 @@ import time
 import numpy as np
 
 from . import workloads as W
-from .backend import BACKENDS, BackendUnavailableError, get_backend, unavailable_reason
+from .backend import (BACKENDS, EMULATED, BackendUnavailableError, get_backend,
+                      unavailable_reason)
 from .contract import OPS
 from .testing import CONV_OPS, conv_tolerance
 
@@ -170,10 +171,6 @@ def pick_layer(op, shape=None, sizes=None, batch=None, backend=None):
 
 
 # ------------------------------------------------------------------------------ backend
-_EMULATE_WHAT = {"cupy": "the same CUDA C kernels on the CPU emulator",
-                 "numba": "the same kernels in numba's CUDA simulator"}
-
-
 def open_backend(name, emulate):
     """``get_backend(name, emulate=emulate)``, or a RunnerError that says what to do."""
     if name == "numpy" and emulate:
@@ -186,7 +183,7 @@ def open_backend(name, emulate):
             raise RunnerError(f"the {name} backend cannot be emulated here: {e}") from None
         raise RunnerError(
             f"the {name} backend cannot run here: {unavailable_reason(e)}.\n"
-            f"  Add --emulate to run {_EMULATE_WHAT[name]} (checks correctness; its times are "
+            f"  Add --emulate to run {EMULATED[name]} (checks correctness; its times are "
             f"not GPU speeds), or use --backend numpy. On a machine with an NVIDIA GPU: "
             f"pip install -e '.[cuda13]' (or '.[cuda12]').") from None
 
