@@ -37,7 +37,7 @@ from . import workloads as W
 from .backend import (BACKENDS, EMULATED, BackendUnavailableError, get_backend,
                       unavailable_reason)
 from .contract import OPS
-from .testing import CONV_OPS, conv_tolerance
+from .testing import CONV_OPS, op_tolerance
 
 #: the NumPy ``naive`` loops are run only up to this many terms (a few seconds of Python)
 #: unless named with --version
@@ -268,7 +268,7 @@ class Case:
 
     def tolerance(self):
         if self._tol is None:
-            self._tol = conv_tolerance(self.op, *self.args, dtype=np.float32)
+            self._tol = op_tolerance(self.op, *self.args, dtype=np.float32)
         return self._tol
 
     def rate(self, seconds):

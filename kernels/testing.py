@@ -17,6 +17,12 @@ Tolerances (written down once, with the reason):
   1e-10, so we accept ``|analytic - numeric| <= 1e-6 * max(|analytic|, |numeric|, 1)``
   (Caffe's scaling by max(|a|, |b|, 1)). Inputs have distinct values separated by much more
   than h, so no max-pool argmax changes under the perturbation.
+
+**NaN and Inf never pass.** Every comparison here accepts an element only if it is identical
+to the reference (the same NaN-ness, the same infinity) or both are finite and within the
+tolerance: a plain ``err > tol`` test would let NaN through (every comparison with NaN is
+False), so the checks are written as "not provably close" instead. An all-NaN result, a
+single Inf or a single wrong element each fail (tests/test_testing.py).
 """
 from __future__ import annotations
 
@@ -57,20 +63,39 @@ def _abs_bound(op, *args):
     return fn(*a)
 
 
-def conv_tolerance(op, *inputs, dtype=np.float32):
-    """Elementwise tolerance of a convolution op's result on ``inputs`` computed in
-    ``dtype``: ``8 * sqrt(T) * eps(dtype) * S + tiny`` (the module doc says why)."""
+def _not_close(actual, expected, tol):
+    """Elementwise: True where ``actual`` is not provably within ``tol`` of ``expected``.
+    Identical values pass (the same NaN-ness, the same infinity, equal numbers); otherwise
+    both must be finite and ``|actual - expected| <= tol``. NaN in ``tol`` passes nothing."""
+    a = np.asarray(actual, dtype=np.float64)
+    e = np.asarray(expected, dtype=np.float64)
+    same = (a == e) | (np.isnan(a) & np.isnan(e))
+    with np.errstate(invalid="ignore", over="ignore"):
+        close = np.isfinite(a) & np.isfinite(e) & (np.abs(a - e) <= tol)
+    return ~(same | close)
+
+
+def _first_bad(bad):
+    return tuple(int(i) for i in np.argwhere(bad)[0])
+
+
+def op_tolerance(op, *inputs, dtype=np.float32):
+    """The elementwise absolute tolerance of a convolution op's result on ``inputs``, for a
+    backend computing in ``dtype`` (the bound in the module doc); 0 for the pooling ops."""
+    if op in POOL_OPS:
+        return 0.0
     dtype = np.dtype(dtype)
+    terms = conv_terms(op, *inputs)
     bound = _abs_bound(op, *inputs)
-    return (8.0 * math.sqrt(conv_terms(op, *inputs)) * np.finfo(dtype).eps * bound
-            + np.finfo(dtype).tiny)
+    return 8.0 * math.sqrt(terms) * np.finfo(dtype).eps * bound + np.finfo(dtype).tiny
 
 
 def assert_op_close(op, actual, expected, *inputs, dtype=None):
     """Assert that ``actual`` matches the reference ``expected`` for ``op`` on ``inputs``.
 
     Pooling ops must match exactly; convolution ops within the bound in the module doc.
-    ``dtype`` is the dtype the tested backend computed in (default: ``actual``'s).
+    ``dtype`` is the dtype the tested backend computed in (default: ``actual``'s). NaN or Inf
+    where the reference has none fails, whatever the tolerance.
     """
     actual = np.asarray(actual)
     expected = np.asarray(expected)
@@ -80,25 +105,29 @@ def assert_op_close(op, actual, expected, *inputs, dtype=None):
         if actual.dtype.kind in "iu" or expected.dtype.kind in "iu":
             bad = actual != expected
         else:
-            bad = ~((actual == expected) | (np.isnan(actual) & np.isnan(expected)))
+            bad = _not_close(actual, expected, 0.0)
         if bad.any():
-            idx = tuple(int(i) for i in np.argwhere(bad)[0])
+            idx = _first_bad(bad)
             raise AssertionError(
                 f"{op}: {int(bad.sum())} of {bad.size} elements differ; first at {idx}: "
                 f"{actual[idx]!r} != {expected[idx]!r}")
         return
     dtype = np.dtype(dtype or actual.dtype)
     terms = conv_terms(op, *inputs)
-    tol = conv_tolerance(op, *inputs, dtype=dtype)
-    err = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
-    bad = ~(err <= tol)                 # NaN (or inf - inf) is an error, never a pass
+    tol = np.broadcast_to(op_tolerance(op, *inputs, dtype=dtype), actual.shape)
+    bad = _not_close(actual, expected, tol)
     if bad.any():
-        idx = tuple(int(i) for i in np.argwhere(bad)[0])
-        worst = float((err / tol).max())
+        idx = _first_bad(bad)
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            err = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
+            ratio = np.where(bad, err / tol, 0.0)
+        worst = float(np.nanmax(ratio)) if np.isfinite(ratio).any() else float("nan")
+        nonfinite = int((bad & ~(np.isfinite(actual) & np.isfinite(expected))).sum())
         raise AssertionError(
             f"{op} ({dtype}, {terms} terms per output): {int(bad.sum())} of {bad.size} "
-            f"elements outside tolerance; first at {idx}: {actual[idx]!r} vs "
-            f"{expected[idx]!r} (tol {tol[idx]:.3g}); worst error/tol = {worst:.3g}")
+            f"elements outside tolerance ({nonfinite} of them NaN/Inf on one side only); "
+            f"first at {idx}: {actual[idx]!r} vs {expected[idx]!r} (tol {tol[idx]:.3g}); "
+            f"worst finite error/tol = {worst:.3g}")
 
 
 def distinct_values(rng, shape, scale=1.0, dtype=np.float64):
@@ -128,13 +157,18 @@ def numerical_gradient(f, x, dout, h=1e-6):
 
 
 def assert_gradient_close(analytic, numeric, rtol=1e-6, name="gradient"):
-    """Caffe's check: |a - n| <= rtol * max(|a|, |n|, 1), elementwise."""
+    """Caffe's check: |a - n| <= rtol * max(|a|, |n|, 1), elementwise; NaN or Inf on one side
+    only fails (and so does NaN on both sides: a gradient check must see numbers)."""
     analytic, numeric = np.asarray(analytic), np.asarray(numeric)
     assert analytic.shape == numeric.shape, f"{name}: {analytic.shape} vs {numeric.shape}"
-    scale = np.maximum(np.maximum(np.abs(analytic), np.abs(numeric)), 1.0)
-    err = np.abs(analytic - numeric) / scale
-    if (err > rtol).any():
-        idx = tuple(int(i) for i in np.argwhere(err > rtol)[0])
+    a, n = analytic.astype(np.float64), numeric.astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        scale = np.maximum(np.maximum(np.abs(a), np.abs(n)), 1.0)
+        err = np.abs(a - n) / scale
+        bad = ~(np.isfinite(a) & np.isfinite(n) & (err <= rtol))
+    if bad.any():
+        idx = _first_bad(bad)
         raise AssertionError(
-            f"{name}: analytic {analytic[idx]!r} vs numeric {numeric[idx]!r} at {idx} "
-            f"(scaled error {err[idx]:.3g} > {rtol})")
+            f"{name}: {int(bad.sum())} of {bad.size} elements differ; first: analytic "
+            f"{analytic[idx]!r} vs numeric {numeric[idx]!r} at {idx} (scaled error "
+            f"{err[idx]:.3g} > {rtol}, or not finite)")
