@@ -43,6 +43,8 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from . import summary  # noqa: E402
+
 #: Test error (%) of the paper's CNN, from our memory of Masci et al. 2011, Tables 1 and 2 --
 #: NOT copied from the paper; check the paper before quoting them.
 PAPER = {
@@ -328,7 +330,7 @@ def pick_backend(name, emulate):
         try:
             return get_backend(name, emulate=emulate), None
         except BackendUnavailableError as e:
-            raise UserError(_unavailable_message(name, emulate, e)) from None
+            raise UserError(summary.unavailable_message(name, emulate, e)) from None
         except ValueError as e:
             raise UserError(str(e)) from None
     why = {}
@@ -340,34 +342,6 @@ def pick_backend(name, emulate):
         except Exception as e:  # noqa: BLE001 - a broken GPU stack must not stop a CPU run
             why[cand] = f"{type(e).__name__}: {e}"
     return get_backend("numpy"), why
-
-
-def _unavailable_message(name, emulate, err):
-    """The error for a --backend that cannot run here: why, then this command's own fix."""
-    from kernels import unavailable_reason
-    from kernels.backend import EMULATED
-    if emulate or name not in EMULATED:
-        return f"the {name} backend is not available here: {err}"
-    return (f"the {name} backend is not available here: {unavailable_reason(err)}. Add "
-            f"--emulate to run {EMULATED[name]} without a GPU (slow: for checking, not "
-            f"for speed), use --backend numpy, or install the GPU extra on a machine with an "
-            f"NVIDIA GPU: pip install -e '.[cuda13]' (or '.[cuda12]')")
-
-
-def backend_line(be, why):
-    """One short line for the backend: its name, and when it is NumPy because no GPU backend
-    works here, the shortest reason with its fix (the full reasons: config.json, --verbose)."""
-    desc = _describe_backend(be)
-    if not why:
-        return desc
-    import importlib.util
-    from kernels import unavailable_reason
-    if importlib.util.find_spec("cupy") is None:
-        short = "CuPy not installed: pip install -e '.[cuda13]'"
-    else:
-        first = unavailable_reason(next(iter(why.values())))
-        short = first if len(first) <= 100 else first[:97] + "..."
-    return f"{desc}: no GPU backend ({short})"
 
 
 # ------------------------------------------------------------------------------ splits
@@ -556,41 +530,6 @@ class Run:
         self.results["stacks"][str(seed)] = res_all
         return stack
 
-    def embedding(self, seed, stack):
-        """Figure: the stack's top-layer codes of the first test images in 2-D, beside those
-        of the same stack before training (its random filters), coloured by class; with the
-        leave-one-out 1-NN accuracy of each coding: what the CAEs learned, at a glance."""
-        from . import figures
-        from .models import CAEStack
-        from .train import encode_batches
-        c = self.cfg
-        n = min(int(c.get("embed_images", EMBED_IMAGES)), len(self.test_x))
-        if n < 2:
-            return
-        x, y = self.test_x[:n], np.asarray(self.test_y[:n])
-        start = CAEStack(self.be, self.in_channels, stack.maps, stack.kernels, stack.pools,
-                         noise=stack.noises, seed=seed)      # the same seed: its start
-        panels, info = [], {"images": n, "accuracy_1nn": {}}
-        for key, caption, model in (("random", "random filters (the stack before training)",
-                                     start), ("cae", "trained CAE stack", stack)):
-            codes = encode_batches(self.be, model.encode, x, c["eval_batch_size"]).reshape(n, -1)
-            acc = figures.nearest_neighbour_accuracy(codes, y)
-            xy, info["method"] = figures.project_2d(codes, seed=seed)
-            info["accuracy_1nn"][key] = acc
-            panels.append((f"{caption}\n1-NN accuracy of the {codes.shape[1]}-d codes: "
-                           f"{100 * acc:.0f}%", xy))
-        method = {"tsne": "t-SNE", "pca": "PCA"}[info["method"]]
-        path = self.fig_path(f"embedding_s{seed}.png")
-        figures.embedding_figure(panels, y, path, class_names=self.ds.classes,
-                                 title=f"top-layer codes of {n} {self.ds.name} test images, "
-                                       f"{method} to 2-D, coloured by class")
-        info["figure"] = os.path.relpath(path, self.out)
-        self.results["embedding"] = info
-        self.echo(f"[embedding] {info['figure']}: {method} of the top-layer codes of {n} test "
-                  f"images; 1-NN accuracy {100 * info['accuracy_1nn']['random']:.0f}% with "
-                  f"random filters, {100 * info['accuracy_1nn']['cae']:.0f}% after CAE "
-                  f"training")
-
     def _cnn_pools(self):
         n = len(self.cfg["maps"])
         return [2] * (n - 1) + [1] if n > 1 else [1]
@@ -630,7 +569,7 @@ class Run:
                                               c["cae_images"], seed)
             stack = self.stack(seed, cae_idx, val) if "cae" in inits else None
             if stack is not None and seed == seeds[0]:
-                self.embedding(seed, stack)
+                summary.embedding_figure(self, seed, stack)
             for size in sizes:
                 for init in inits:
                     self.cnn(seed, size, init, train[size], val,
@@ -684,7 +623,6 @@ def results_markdown(cfg, rows, fig1, n_test, backend_desc, wall, cnn_runs=None)
                       f"deviation over seeds; CNN {cfg['epochs']} epochs max, lr {cfg['lr']}, "
                       f"momentum {cfg['momentum']}, batch {cfg['batch_size']}, validation "
                       f"{cfg['val_images']} training images. {PAPER_NOTE}", ""]
-        lines += verdict_lines(cfg, rows)
     if cnn_runs:
         lines += ["### Every CNN run", "", "| run | init | training images | seed | epochs (best) "
                   "| validation error % | test error % | training time s |",
@@ -703,46 +641,6 @@ def results_markdown(cfg, rows, fig1, n_test, backend_desc, wall, cnn_runs=None)
                          f"{r.get('val_mse', float('nan')):.5f} |")
         lines += ["", "Filters: `figures/fig1_filters.png`.", ""]
     return "\n".join(lines) + "\n"
-
-
-def verdict_lines(cfg, rows):
-    """In words, what the table shows: does CAE init beat random init here, by how much, on
-    how many seeds, and how far that can be trusted; then where the converged protocol is."""
-    out = []
-    for r in rows:
-        rnd, cae = r.get("random"), r.get("cae")
-        if not (rnd and cae):
-            continue
-        gap = rnd["mean"] - cae["mean"]
-        word = "better" if gap > 0 else "worse" if gap < 0 else "no different"
-        if rnd["n"] == 1 and cae["n"] == 1:
-            out.append(f"**What this run shows** ({r['size']} training images, one seed): CAE "
-                       f"init {cae['mean']:.2f}% test error, random init {rnd['mean']:.2f}%: "
-                       f"CAE init is {abs(gap):.2f} points {word} here. One seed at this size "
-                       f"is noisy: the gap between seeds can be as large as this one (RESULTS.md "
-                       f"measures it), so this run shows that the pipeline works, not which "
-                       f"init is better. Add `--seeds 0,1,2` for a mean and spread.")
-            continue
-        n = min(rnd["n"], cae["n"])
-        d = np.asarray(rnd["errors"][:n]) - np.asarray(cae["errors"][:n])   # paired by seed
-        wins = int((d > 0).sum())
-        se = float(np.std(d, ddof=1) / np.sqrt(n)) if n > 1 else 0.0
-        clear = se > 0 and abs(float(d.mean())) > 2 * se
-        out.append(f"**What this run shows** ({r['size']} training images, {n} seeds): CAE "
-                   f"init beat random init on {wins} of {n} seeds; on average it is "
-                   f"{abs(gap):.2f} points {word} ({cae['mean']:.2f}% vs {rnd['mean']:.2f}%). "
-                   f"The mean paired difference, {float(d.mean()):+.2f} points, is "
-                   + (f"more than two standard errors ({2 * se:.2f}) from zero: more than "
-                      f"seed-to-seed noise." if clear else
-                      f"within two standard errors ({2 * se:.2f}) of zero: not yet "
-                      f"distinguishable from seed-to-seed noise."))
-    if out:
-        quick = cfg.get("experiment") == "default"
-        out.append(("This was the quick preset (short training, not converged). " if quick
-                    else "") + "RESULTS.md has the full protocol (more epochs, 1k/10k/50k "
-                   "training images, several seeds): its numbers, commands and a discussion.")
-        out = [line for pair in zip(out, [""] * len(out)) for line in pair]
-    return out
 
 
 def _describe_backend(be):
@@ -800,7 +698,7 @@ def _main(args, argv):
     validate_config(cfg)
 
     be, why = pick_backend(cfg["backend"], cfg["emulate"])
-    backend_desc = backend_line(be, why)
+    backend_desc = summary.backend_line(_describe_backend(be), why)
     print(f"scae-np: {cfg['dataset']}, experiment {cfg['experiment']}, backend {backend_desc}",
           flush=True)
     if why and args.verbose:
@@ -877,6 +775,7 @@ def _main(args, argv):
     md = results_markdown(cfg, rows, run.results["fig1"], len(run.test_x), backend_desc, wall,
                           run.results["cnn"])
     from .train import _atomic_write_text
+    md = summary.with_verdict(md, cfg, rows)
     _atomic_write_text(os.path.join(out, "results.md"), md)
     print()
     print(md)

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from scae_np import run as R
+from scae_np import summary as S
 from test_run import TINY, run_main, tiny  # noqa: F401  (tiny: a fixture)
 
 NO_BACKEND = [a for i, a in enumerate(TINY) if a != "--backend" and TINY[i - 1] != "--backend"]
@@ -16,8 +16,6 @@ NO_BACKEND = [a for i, a in enumerate(TINY) if a != "--backend" and TINY[i - 1] 
 # ------------------------------------------------------------------ the backend line
 def test_backend_line_is_one_short_line(monkeypatch):
     import importlib.util
-    from kernels import get_backend
-    be = get_backend("numpy")
     why = {"cupy": "the cupy backend needs CuPy, which is not installed (No module named "
                    "'cupy'); install the GPU extra: pip install -e '.[cuda13]' ..., or use "
                    "get_backend('cupy', emulate=True) ...",
@@ -25,15 +23,15 @@ def test_backend_line_is_one_short_line(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "cupy" else real(name, *a))
-    assert R.backend_line(be, why) == (
+    assert S.backend_line("numpy", why) == (
         "numpy: no GPU backend (CuPy not installed: pip install -e '.[cuda13]')")
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
     why = {"cupy": "the cupy backend found no CUDA GPU on this machine (CUDARuntimeError: "
                    "no device); use get_backend('cupy', emulate=True) ...", "numba": "..."}
-    line = R.backend_line(be, why)
+    line = S.backend_line("numpy", why)
     assert line.startswith("numpy: no GPU backend (the cupy backend found no CUDA GPU")
     assert "get_backend" not in line and len(line) < 140
-    assert R.backend_line(be, None) == "numpy"
+    assert S.backend_line("numpy", None) == "numpy"
 
 
 def test_fallback_run_prints_one_line_and_keeps_the_reasons(tiny, tmp_path, capsys):
@@ -72,23 +70,23 @@ def _row(size, random, cae):
 
 
 def test_verdict_one_seed_says_it_is_noisy_and_points_to_results():
-    text = "\n".join(R.verdict_lines({"experiment": "default"}, [_row(1000, [5.54], [5.68])]))
+    text = "\n".join(S.verdict_lines({"experiment": "default"}, [_row(1000, [5.54], [5.68])]))
     assert "1000 training images, one seed" in text and "0.14 points worse" in text
     assert "noisy" in text and "--seeds 0,1,2" in text
     assert "quick preset" in text and "RESULTS.md" in text
-    text = R.verdict_lines({"experiment": "table"}, [_row(1000, [6.0], [5.0])])[0]
+    text = S.verdict_lines({"experiment": "table"}, [_row(1000, [6.0], [5.0])])[1]
     assert "1.00 points better" in text
 
 
 def test_verdict_several_seeds_counts_wins_and_weighs_the_spread():
-    clear = "\n".join(R.verdict_lines({"experiment": "table"},
+    clear = "\n".join(S.verdict_lines({"experiment": "table"},
                                       [_row(1000, [6.0, 6.1, 5.9], [5.0, 5.2, 4.9])]))
     assert "3 seeds" in clear and "on 3 of 3 seeds" in clear and "more than seed-to-seed" in clear
     assert "quick preset" not in clear
-    noisy = "\n".join(R.verdict_lines({"experiment": "table"},
+    noisy = "\n".join(S.verdict_lines({"experiment": "table"},
                                       [_row(1000, [5.2, 6.3, 5.8], [5.9, 5.0, 5.4])]))
     assert "on 2 of 3 seeds" in noisy and "not yet distinguishable" in noisy
-    assert R.verdict_lines({}, [{"size": 10, "random": None}]) == []
+    assert S.verdict_lines({}, [{"size": 10, "random": None}]) == []
 
 
 # ------------------------------------------------------------------ the embedding figure
@@ -108,6 +106,18 @@ def test_table_run_draws_the_embedding_and_says_what_it_shows(tiny, tmp_path, ca
     md = (out / "results.md").read_text()
     assert "**What this run shows** (30 training images, one seed)" in md and "RESULTS.md" in md
     assert "What this run shows" in stdout                    # printed with the table
+    # under the table and its caption, before the next section
+    assert md.index("| 30 |") < md.index("Ours: test error") < md.index("What this run shows") \
+        < md.index("### Every CNN run")
+    assert "\n\n\n" not in md[:md.index("### Every CNN run")]
+
+
+def test_with_verdict_leaves_a_results_md_without_the_table_alone():
+    md = "# results\n\n## Fig. 1 CAEs\n\nsomething\n"
+    assert S.with_verdict(md, {}, []) == md
+    row = {"size": 5, "random": {"mean": 1.0, "n": 1, "errors": [1.0], "std": 0.0},
+           "cae": {"mean": 2.0, "n": 1, "errors": [2.0], "std": 0.0}}
+    assert S.with_verdict("# r\n", {}, [row]).startswith("# r\n\n**What this run shows**")
 
 
 def test_embed_images_0_draws_none(tiny, tmp_path, capsys):
