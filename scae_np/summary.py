@@ -101,9 +101,12 @@ def with_verdict(md, cfg, rows):
                  None)
     if table is not None:
         at = next((i for i in range(table + 1, len(text)) if text[i].startswith("#")), at)
-        while at > table and not text[at - 1].strip():     # no double blank line
-            at -= 1
-    return "\n".join(text[:at] + lines + [""] + text[at:]).rstrip("\n") + "\n"
+    head, tail = text[:at], text[at:]
+    while head and not head[-1].strip():                 # one blank line between paragraphs
+        head.pop()
+    while tail and not tail[0].strip():
+        tail.pop(0)
+    return "\n".join(head + lines + ([""] + tail if tail else [])) + "\n"
 
 
 # ------------------------------------------------------------------------------ embedding
