@@ -35,6 +35,12 @@ def backend_line(desc, why):
     return f"{desc}: no GPU backend ({short})"
 
 
+def reasons_text(why):
+    """The full reasons no GPU backend works here (``--verbose``): one indented line each,
+    each line preceded by a newline; empty when there are none."""
+    return "".join(f"\n  {name}: {reason}" for name, reason in (why or {}).items())
+
+
 def unavailable_message(name, emulate, err):
     """The error for ``--backend name`` that cannot run here: why, then this command's own
     fixes (``--emulate``, ``--backend numpy``, the GPU extra)."""
