@@ -699,8 +699,10 @@ def _main(args, argv):
 
     be, why = pick_backend(cfg["backend"], cfg["emulate"])
     backend_desc = summary.backend_line(_describe_backend(be), why)
-    print(f"scae-np: {cfg['dataset']}, experiment {cfg['experiment']}, backend {backend_desc}"
-          + (summary.reasons_text(why) if args.verbose else ""), flush=True)
+    if why and args.verbose:
+        print("why no GPU backend:" + summary.reasons_text(why), flush=True)
+    print(f"scae-np: {cfg['dataset']}, experiment {cfg['experiment']}, backend {backend_desc}",
+          flush=True)
     if args.threads and not _THREADS_APPLIED:
         print("note: --threads came after NumPy was loaded; it has no effect in this process",
               file=sys.stderr)
