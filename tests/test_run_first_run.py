@@ -39,15 +39,16 @@ def test_fallback_run_prints_one_line_and_keeps_the_reasons(tiny, tmp_path, caps
     rc, stdout, err = run_main(capsys, "mnist", "--data-dir", tiny, "--out", out, "-e", "cnn",
                                "--init", "random", "--epochs", "1", "--verbose", *NO_BACKEND)
     assert rc == 0, err
-    first = stdout.splitlines()[0]
+    first = next(line for line in stdout.splitlines() if line.startswith("scae-np:"))
     if "no GPU backend" not in first:
         pytest.skip(f"a GPU backend works here: {first}")
     assert first.startswith("scae-np: mnist, experiment cnn, backend numpy: no GPU backend (")
     assert len(first) < 160 and "get_backend" not in first
     cfg = json.loads((out / "config.json").read_text())
     assert set(cfg["backend_reasons"]) == {"cupy", "numba"}
-    for name, reason in cfg["backend_reasons"].items():       # --verbose: the full reasons
-        assert f"  {name}: {reason}" in stdout
+    assert stdout.startswith("why no GPU backend:\n")          # --verbose: the full reasons
+    for name, reason in cfg["backend_reasons"].items():
+        assert f"\n  {name}: {reason}\n" in stdout
 
 
 def test_unavailable_gpu_backend_suggests_the_commands_emulate(tiny, tmp_path, capsys):
