@@ -22,6 +22,10 @@ pooling), its speed-up over ``naive`` and its validation error::
   the same calls, labelled as such -- emulator and simulator times are **not GPU speeds**
   (they show what a version costs as CPU code, and the ranking can differ on a GPU).
 
+numba's simulator must be chosen before numba is first imported: nothing here imports numba
+before ``get_backend("numba", emulate=True)``, which sets ``NUMBA_ENABLE_CUDASIM=1`` itself
+(``kernels/numba_backend.py``), so ``--backend numba --emulate`` works in a fresh process.
+
 Exit status: 0 all versions valid, 1 a version failed validation, 2 bad usage (unknown
 op/version/shape, bad ``--sizes``, a backend that cannot run here).
 """
