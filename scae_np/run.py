@@ -23,6 +23,16 @@ Typical full-protocol commands (MNIST in ``../shared/data/mnist``)::
 Every run writes a folder (``--out``): ``config.json``, ``metrics.jsonl`` (one line per stage
 epoch), ``results.json`` + ``results.md`` (our table beside the paper's), PNG figures,
 ``checkpoints/`` (resumable, see :mod:`scae_np.train`) and ``weights/`` (plain ``.npz``).
+
+The folder is locked for the life of the process (``scae_np._lock``): a second run or
+``--resume`` on it stops with exit 2, naming the holder's PID. ``--resume`` takes the saved
+config.json; the options given with it are sorted by ``RESUME_EPOCHS``,
+``RESUME_NEXT_STAGES`` and ``RESUME_UNFINISHED`` (applied, with a note, and recorded in
+config.json under ``resumes``), everything else is refused (exit 2, listing the saved values).
+config.json also records every session (``sessions``: start, wall time, outcome);
+``results.json``'s ``wall_time_s`` sums the sessions that trained, so resuming a finished run
+keeps it. A full disk, a read-only folder or an ``--out`` that is a file end with a one-line
+message and exit 2; Ctrl-C with exit 130 and the command that continues.
 """
 from __future__ import annotations
 
@@ -148,8 +158,11 @@ def build_parser():
             "  python -m scae_np.run mnist -e fig1 --fig-images 60000 --fig-epochs 5\n"
             "  python -m scae_np.run mnist -e table --sizes 1000,10000 --seeds 0,1,2 --backend cupy\n"
             "  python -m scae_np.run mnist -e table --out runs/t1 --resume   # continue a run\n\n"
-            "exit status: 0 done, 1 training failed (e.g. diverged), 2 bad input (options, data,\n"
-            "backend), 3 stopped by --stop-after-epochs (continue with --resume).\n\n"
+            "exit status: 0 done, 1 training failed (diverged: the message says which rate to\n"
+            "lower), 2 bad input (options, data, backend) or an output folder that cannot be\n"
+            "used (locked by another run, read-only, a file, a full disk), 3 stopped by\n"
+            "--stop-after-epochs, 130 interrupted (Ctrl-C); after 1, 2 (full disk), 3 and 130\n"
+            "--resume continues.\n\n"
             + PAPER_NOTE))
     q, f = QUICK, FULL
 
@@ -256,8 +269,12 @@ def build_parser():
     g.add_argument("--out", default=None,
                    help="output folder (default: runs/DATASET-EXPERIMENT-<date-time>)")
     g.add_argument("--resume", action="store_true",
-                   help="continue the interrupted run in --out from its checkpoints, with its "
-                        "saved config.json (backend/threads/data options from this command)")
+                   help="continue the run in --out from its checkpoints, with its saved "
+                        "config.json (backend/threads/data options from this command). Options "
+                        "given with it: more --epochs/--cae-epochs/--fig-epochs extend the "
+                        "stages, a new rate/momentum/batch size applies to the stages not "
+                        "started yet, --patience to those not finished (each noted in "
+                        "config.json); any other change is refused")
     g.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bars (the one-line epoch summaries stay)")
     g.add_argument("--eval-batch-size", type=_positive_int, default=256,
@@ -870,14 +887,15 @@ def _main(args, argv):
         return _run(args, argv, ctx)
     except KeyboardInterrupt:
         session["outcome"] = "interrupted"
-        if ctx.get("config_doc") is not None:
+        if ctx.get("config_doc") is not None or args.resume:
             print(f"\ninterrupted; continue with: {resume_command(args.dataset, out)}",
                   file=sys.stderr)
         else:
             print("\ninterrupted before the run started; nothing to resume", file=sys.stderr)
         return 130
     except OSError as e:
-        msg = os_error_message(e, out, args.dataset, ctx.get("config_doc") is not None)
+        msg = os_error_message(e, out, args.dataset,
+                               ctx.get("config_doc") is not None or args.resume)
         if msg is None:
             raise
         session["outcome"] = "disk full" if e.errno in _DISK_FULL else "not writable"
