@@ -3,6 +3,9 @@ every version of every backend (NumPy naive/argmax/fast; the CUDA C kernels on t
 and on a GPU in the gpu tier; the numba kernels in the simulator), checked against
 torch.nn.functional.max_pool2d(return_indices=True).
 
+(The gpu tier, ``pytest -m gpu``, runs the same tests on the CUDA C and numba kernels on a
+GPU; not run on this project's GPU-less machine yet.)
+
 The rule: values are ordered -Inf < finite < +Inf < NaN, ties (NaNs included) go to the first
 in row-major window order. PyTorch agrees on every value and on the switch of every window
 with at most one NaN; with several NaNs it points at the last one (pinned below).
@@ -30,13 +33,33 @@ def _numba_sim():
     return numba_backend("sim")
 
 
+def _cupy_gpu():
+    from kernels import BackendUnavailableError
+    try:
+        return get_backend("cupy")
+    except BackendUnavailableError as e:
+        pytest.skip(f"gpu tier needs a CUDA GPU with CuPy: {e}")
+
+
+def _numba_gpu():
+    return numba_backend("gpu")
+
+
 BACKENDS = [pytest.param(_numpy, id="numpy"),
             pytest.param(_cupy_emulated, id="cupy-emulated", marks=pytest.mark.emulator),
-            pytest.param(_numba_sim, id="numba-sim", marks=pytest.mark.simulator)]
+            pytest.param(_numba_sim, id="numba-sim", marks=pytest.mark.simulator),
+            pytest.param(_cupy_gpu, id="cupy-gpu", marks=pytest.mark.gpu),
+            pytest.param(_numba_gpu, id="numba-gpu", marks=pytest.mark.gpu)]
 
 
 @pytest.fixture(params=BACKENDS)
 def be(request):
+    return request.param()
+
+
+@pytest.fixture(params=BACKENDS[1:])
+def gpu_be(request):
+    """The CUDA C and numba kernels (emulator, simulator): the versions a GPU runs."""
     return request.param()
 
 
@@ -184,6 +207,8 @@ def test_check_switch_windows_accepts_forward_switches_and_names_a_bad_one(rng):
 
 @pytest.mark.parametrize("bad", [-1, 16])
 def test_out_of_range_switches_are_refused_on_every_host_backend(be, bad):
+    if be.xp is not np:
+        pytest.skip("on a GPU the range is not checked: see the next test")
     sw = np.array([[[[0, 3], [8, 10]]]], np.int32)
     sw[0, 0, 1, 1] = bad
     dy = np.ones((1, 1, 2, 2), np.float32)
@@ -199,12 +224,11 @@ def test_out_of_range_switches_are_refused_on_every_host_backend(be, bad):
                 call(v)
 
 
-def test_gpu_kernels_skip_out_of_range_switches_they_are_not_checked_for(be):
+def test_gpu_kernels_skip_out_of_range_switches_they_are_not_checked_for(gpu_be):
     """On a GPU no range check runs; the CUDA C and numba kernels must then skip a bad
     switch (scatter: value dropped; unpool2d_backward: 0) instead of touching memory
     outside the plane. Called through get_op, which bypasses the host check."""
-    if be.name == "numpy":
-        pytest.skip("the NumPy versions are always range-checked (host arrays)")
+    be = gpu_be
     sw = np.array([[[[0, 3], [-1, 16]]]], np.int32)
     y = np.array([[[[1.0, 2.0], [3.0, 4.0]]]], np.float32)
     for op in ("maxpool2d_backward", "unpool2d_forward"):
@@ -239,11 +263,10 @@ def test_illegal_switches_numpy_versions_agree_as_documented():
                                       [1, 6, 11, 11], err_msg=v)
 
 
-def test_illegal_switches_gpu_versions_as_documented(be):
+def test_illegal_switches_gpu_versions_as_documented(gpu_be):
     """The scatter (naive) honours a switch outside its window; the gather drops it; both
     honour a repeat that lies in its own window, for the gather the last window it scans."""
-    if be.name == "numpy":
-        pytest.skip("the NumPy versions: test_illegal_switches_numpy_versions_agree_as_documented")
+    be = gpu_be
     sw = _illegal_switches()
     y = np.array([[[[1.0, 2.0], [3.0, 4.0]]]], np.float32)
     gather = np.zeros(16, np.float32)
