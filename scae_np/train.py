@@ -50,8 +50,8 @@ the paper's CNN (batch 16, momentum 0.9) lr 0.01 trains, 0.03 already diverges (
 with a bounded output (logistic pixels) cannot exceed a few times its starting loss: an
 over-large learning rate there shows as a loss stuck high, which no rule flags. A diverged
 stage's checkpoint is moved aside to ``checkpoints/<stage>.diverged.npz`` (kept for a look),
-so that a resume with a lower learning rate starts that stage afresh; every other stage's
-files stay.
+so that a resume with a lower learning rate starts that stage afresh (a stage being extended
+too: from its first epoch); every other stage's files stay.
 
 Writers: a Trainer writes its stage's checkpoint and weights files (each atomically) and hands
 every metrics record to its ``log`` (default: :class:`MetricsLog`, appending to
@@ -264,7 +264,6 @@ def encode_batches(backend, encoder, x, batch_size=256):
     return np.ascontiguousarray(np.concatenate(outs, axis=0))
 
 
-# ---------------------------------------------------------------------------- trainer
 # ---------------------------------------------------------------------------- trainer
 def _new_state():
     return {"epoch": 0, "history": [], "best": None, "best_epoch": 0, "bad_epochs": 0,
@@ -557,7 +556,6 @@ class Trainer:
                 break
         else:   # zero epochs asked for, or resumed after the last epoch's checkpoint
             if not state["done"]:
-                self.log.sync_stage(stage, state["history"])
                 self._finish(stage, kind, sgd, model, rng, state, model.state_dict(),
                              model.velocity_dict(), best_params, final_eval)
         return state["result"]
