@@ -816,11 +816,11 @@ def os_error_message(e, out, dataset, started):
     it show). ``started``: the run has a config.json, so --resume can continue it."""
     where = e.filename or out
     folder = os.path.dirname(str(where)) or str(out)
-    then = (f"; {resume_command(dataset, out)} continues the run" if started else "")
+    then = (f"; then {resume_command(dataset, out)} continues the run" if started
+            else ", then run the command again")
     if e.errno in _DISK_FULL:
         return (f"the disk is full: no space left on the device holding {folder} (writing "
-                f"{where}). Free some space there{then} once there is room" +
-                ("" if started else "; then run the command again"))
+                f"{where}). Free some space there{then}")
     if e.errno in _NOT_WRITABLE:
         return (f"cannot write {where} ({e.strerror}): the output folder {out} must be "
                 f"writable; choose another --out or fix its permissions")
@@ -858,6 +858,9 @@ def main(argv=None):
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:      # before the folder was locked: nothing written yet
+        print("\ninterrupted", file=sys.stderr)
+        return 130
 
 
 def _main(args, argv):
