@@ -17,7 +17,7 @@ TINY = [(op, bl.TINY_CONV) for op in bl.CONV_OPS]
 
 def _bench(benchmark, op, L, imp):
     bl.bench_op(benchmark, op, L, imp, inputs=bl.conv_inputs, napkin=bl.conv_napkin,
-                metric="GFLOP/s" if op != "conv2d_backward_bias" else "GB/s", budget=0.6 if L.n > 8 else 0.3)
+                metric=bl.W.metric(op), budget=0.6 if L.n > 8 else 0.3)
 
 
 @pytest.mark.parametrize("op,L,imp", bl.op_params(CASES, naive=False))

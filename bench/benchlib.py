@@ -16,114 +16,22 @@ from dataclasses import dataclass
 import numpy as np
 
 from kernels import BackendUnavailableError, get_backend
-from kernels.conv2d import numpy_ops as conv_ops
-from kernels.pool2d import numpy_ops as pool_ops
-from kernels.testing import assert_op_close
+from kernels import workloads as W
+from kernels.testing import CONV_OPS, POOL_OPS  # noqa: F401 (used by bench_*.py)
 
-BATCH = 128
-
-# ----------------------------------------------------------------------------- shapes
-@dataclass(frozen=True)
-class ConvLayer:
-    name: str            # "mnist-conv1"
-    c: int
-    f: int
-    hw: int              # square input plane
-    k: int
-    n: int = BATCH
-
-    @property
-    def ohw(self):
-        return self.hw - self.k + 1
-
-    def x_shape(self):
-        return (self.n, self.c, self.hw, self.hw)
-
-    def w_shape(self):
-        return (self.f, self.c, self.k, self.k)
-
-    def y_shape(self):
-        return (self.n, self.f, self.ohw, self.ohw)
-
-    def describe(self):
-        return f"{self.c}->{self.f} {self.k}x{self.k} on {self.hw}x{self.hw}, N={self.n}"
-
-
-@dataclass(frozen=True)
-class PoolLayer:
-    name: str            # "mnist-pool1"
-    c: int
-    hw: int
-    k: int = 2
-    n: int = BATCH
-
-    def x_shape(self):
-        return (self.n, self.c, self.hw, self.hw)
-
-    def y_shape(self):
-        return (self.n, self.c, self.hw // self.k, self.hw // self.k)
-
-    def describe(self):
-        return f"{self.k}x{self.k} of {self.c}x{self.hw}x{self.hw}, N={self.n}"
-
-
+# Shapes, napkin maths, inputs and the validation reference live in kernels/workloads.py
+# (shared with `python -m kernels`); the benchmarks run the paper's CNN layers.
+BATCH = W.BATCH
+ConvLayer, PoolLayer = W.ConvLayer, W.PoolLayer
 #: The paper's CNN layers (Masci et al. 2011): MNIST 28x28x1 and CIFAR-10 32x32x3 inputs,
-#: conv 100@5x5 -> pool 2 -> conv 150@5x5 -> pool 2 -> conv 200@3x3.
-CONV_LAYERS = [
-    ConvLayer("mnist-conv1", 1, 100, 28, 5),
-    ConvLayer("mnist-conv2", 100, 150, 12, 5),
-    ConvLayer("mnist-conv3", 150, 200, 4, 3),
-    ConvLayer("cifar-conv1", 3, 100, 32, 5),
-    ConvLayer("cifar-conv2", 100, 150, 14, 5),
-    ConvLayer("cifar-conv3", 150, 200, 5, 3),
-]
-POOL_LAYERS = [
-    PoolLayer("mnist-pool1", 100, 24),
-    PoolLayer("mnist-pool2", 150, 8),
-    PoolLayer("cifar-pool1", 100, 28),
-    PoolLayer("cifar-pool2", 150, 10),
-]
+#: conv 100@5x5 -> pool 2 -> conv 150@5x5 -> pool 2 -> conv 200@3x3 (from scae_np.models).
+CONV_LAYERS, POOL_LAYERS = (list(t) for t in W.paper_cnn_layers())
 #: A tiny shape at which the explicit-loop ``naive`` versions can be timed (own group).
-TINY_CONV = ConvLayer("tiny-conv", 3, 4, 10, 3, n=2)
-TINY_POOL = PoolLayer("tiny-pool", 3, 10, n=2)
+TINY_CONV = W.named_shapes()["tiny-conv"]
+TINY_POOL = W.named_shapes()["tiny-pool"]
 
-CONV_OPS = ("conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight",
-            "conv2d_backward_bias")
-POOL_OPS = ("maxpool2d_forward", "maxpool2d_backward", "unpool2d_forward",
-            "unpool2d_backward")
-
-
-# ------------------------------------------------------------------------ napkin maths
-def conv_napkin(op, L: ConvLayer, itemsize=4):
-    """(flop, bytes) of one op: flop = 2 multiply-adds per product term (adds for the
-    bias); bytes = each input read once + the output written once (the minimum traffic)."""
-    x = int(np.prod(L.x_shape()))
-    w = int(np.prod(L.w_shape()))
-    y = int(np.prod(L.y_shape()))
-    macs = L.n * L.f * L.ohw * L.ohw * L.c * L.k * L.k
-    if op == "conv2d_forward":
-        return 2 * macs, (x + w + L.f + y) * itemsize
-    if op == "conv2d_backward_input":
-        return 2 * macs, (y + w + x) * itemsize
-    if op == "conv2d_backward_weight":
-        return 2 * macs, (x + y + w) * itemsize
-    if op == "conv2d_backward_bias":
-        return y, (y + L.f) * itemsize
-    raise ValueError(op)
-
-
-def pool_napkin(op, L: PoolLayer, itemsize=4):
-    """(flop, bytes): comparisons are not counted as flop (pooling is memory-bound);
-    bytes = minimum traffic (input read once, output written once, switches int32)."""
-    x = int(np.prod(L.x_shape()))
-    y = int(np.prod(L.y_shape()))
-    if op == "maxpool2d_forward":
-        return 0, x * itemsize + y * (itemsize + 4)
-    if op in ("maxpool2d_backward", "unpool2d_forward"):
-        return 0, y * (itemsize + 4) + x * itemsize
-    if op == "unpool2d_backward":
-        return 0, x * itemsize + y * (itemsize + 4)      # a k x k gather touches all of dx
-    raise ValueError(op)
+conv_napkin, pool_napkin = W.conv_napkin, W.pool_napkin
+conv_inputs, pool_inputs = W.conv_inputs, W.pool_inputs
 
 
 def cnn_step_flop(n=BATCH, dataset="mnist"):
@@ -131,11 +39,10 @@ def cnn_step_flop(n=BATCH, dataset="mnist"):
     layers = [L for L in CONV_LAYERS if L.name.startswith(dataset)]
     total = 0
     for i, L in enumerate(layers):
-        Ln = ConvLayer(L.name, L.c, L.f, L.hw, L.k, n=n)
-        fwd = conv_napkin("conv2d_forward", Ln)[0]
+        fwd = conv_napkin("conv2d_forward", W.with_batch(L, n))[0]
         total += fwd * (3 if i > 0 else 2)            # fwd + dW (+ dx except conv1)
     last = layers[-1]
-    feat = last.f * last.ohw * last.ohw
+    feat = last.f * last.ohw[0] * last.ohw[1]
     total += 3 * 2 * n * (feat * 300 + 300 * 10)
     return total
 
@@ -143,7 +50,7 @@ def cnn_step_flop(n=BATCH, dataset="mnist"):
 def cae_step_flop(n=BATCH, c=1, maps=20, k=7, hw=28):
     """Flop of one CAE training step: encoder conv, decoder (backward_input), and their
     gradients (decoder dW, decoder adjoint (a forward conv), encoder dW)."""
-    L = ConvLayer("cae", c, maps, hw, k, n=n)
+    L = ConvLayer("cae", c, maps, hw, hw, k, n=n)
     return 5 * conv_napkin("conv2d_forward", L)[0]
 
 
@@ -327,65 +234,25 @@ def op_impls(op, *, naive=False):
     return out
 
 
-# -------------------------------------------------------------------------- inputs
-def conv_inputs(op, L: ConvLayer, dtype=np.float32, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal(L.x_shape(), dtype=np.float32).astype(dtype)
-    w = (rng.standard_normal(L.w_shape(), dtype=np.float32) /
-         np.sqrt(L.c * L.k * L.k)).astype(dtype)
-    b = rng.standard_normal(L.f, dtype=np.float32).astype(dtype)
-    dy = rng.standard_normal(L.y_shape(), dtype=np.float32).astype(dtype)
-    return {"conv2d_forward": (x, w, b), "conv2d_backward_input": (dy, w),
-            "conv2d_backward_weight": (x, dy), "conv2d_backward_bias": (dy,)}[op]
-
-
-def pool_inputs(op, L: PoolLayer, seed=0):
-    """Inputs with distinct values (no argmax ties); switches from the reference pooling."""
-    rng = np.random.default_rng(seed)
-    x = rng.permutation(np.arange(np.prod(L.x_shape()), dtype=np.float32))
-    x = (x / x.size - 0.5).astype(np.float32).reshape(L.x_shape())
-    _, sw = pool_ops.maxpool2d_forward_argmax(x, L.k)
-    dy = rng.standard_normal(L.y_shape(), dtype=np.float32)
-    hw = (L.hw, L.hw)
-    return {"maxpool2d_forward": (x, L.k), "maxpool2d_backward": (dy, sw, hw),
-            "unpool2d_forward": (dy, sw, hw), "unpool2d_backward": (x, sw)}[op]
-
-
 # ------------------------------------------------------------------------ reference
 _REFERENCE = {}
 
 
-def reference(op, layer, args):
-    """The result every implementation is checked against, on the same inputs.
-
-    Convolutions: the NumPy ``im2col`` version in float64 (a rung of the ladder tested
-    against the ``naive`` definition in tests/, coded independently of ``fast``; float64
-    makes its own rounding negligible next to the float32 tolerance). At the tiny shape:
-    the ``naive`` definition itself. Pooling: the ``naive`` loop at the tiny shape, else the
-    ``argmax`` version (exact, like every pooling result). Cached per (op, layer)."""
-    key = (op, layer.name)
+def reference(op, layer, args, under_test=None):
+    """The result an implementation is checked against, on the same inputs: the NumPy
+    version :func:`kernels.workloads.reference_version` names (``naive`` at the tiny shape,
+    ``fast`` in float64 at the paper's; ``im2col``/``argmax`` for numpy ``fast`` itself).
+    Cached per (op, layer, reference version)."""
+    ver = W.reference_version(op, layer, under_test)
+    key = (op, layer.name, ver)
     if key not in _REFERENCE:
-        tiny = layer.name.startswith("tiny")
-        if op.startswith("conv2d"):
-            ver = "naive" if tiny else "im2col"
-            a64 = [np.asarray(a, dtype=np.float64) for a in args]
-            _REFERENCE[key] = conv_ops.VERSIONS[op][ver](*a64)
-        else:
-            ver = "naive" if tiny else "argmax"
-            _REFERENCE[key] = pool_ops.VERSIONS[op][ver](*args)
+        _REFERENCE[key] = W.compute_reference(op, args, ver)
     return _REFERENCE[key]
 
 
-def validate(op, layer, args, result):
+def validate(op, layer, args, result, under_test=None):
     """Raise AssertionError unless ``result`` (host arrays) matches the reference."""
-    ref = reference(op, layer, args)
-    if op == "maxpool2d_forward":
-        assert_op_close(op, result[0], ref[0])
-        assert_op_close(op, result[1], ref[1])
-    elif op.startswith("conv2d"):
-        assert_op_close(op, result, ref, *args, dtype=np.float32)
-    else:
-        assert_op_close(op, result, ref)
+    W.validate(op, args, result, reference(op, layer, args, under_test))
 
 
 # ------------------------------------------------------------------------ callables
@@ -531,7 +398,7 @@ def bench_op(benchmark, op, L, imp, *, inputs, napkin, metric, budget):
     """Validate one implementation of an op on a layer's inputs, then time it."""
     args = inputs(op, L)
     fn, to_host = make_call(imp, op, args)
-    validate(op, L, args, to_host(fn()))           # never time an unvalidated result
+    validate(op, L, args, to_host(fn()), (imp.backend, imp.version))   # never time unvalidated
     flop, nbytes = napkin(op, L)
     benchmark.group = f"{op} {L.name} ({L.describe()})"
     benchmark.extra_info.update(

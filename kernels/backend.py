@@ -175,6 +175,18 @@ _INSTALL_HINT = {
 }
 
 
+#: what ``emulate=True`` (a command's ``--emulate``) runs instead of a GPU, per GPU backend
+EMULATED = {"cupy": "the same CUDA C kernels on the CPU emulator",
+            "numba": "the same kernels in numba's CUDA simulator"}
+
+
+def unavailable_reason(err):
+    """The *why* of a :class:`BackendUnavailableError`, without its advice (the message up to
+    its first ``"; "``): for commands that give their own advice, such as their ``--emulate``
+    flag, instead of the ``get_backend(...)`` calls the full message suggests."""
+    return str(err).split("; ", 1)[0]
+
+
 def get_backend(name="numpy", *, emulate=False, **options):
     """Return a backend by name: ``numpy``, ``cupy`` or ``numba``.
 

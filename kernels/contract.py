@@ -30,6 +30,15 @@ by the NumPy backend for gradient checks):
     y (N,C,H//k,W//k). ``switches`` is int32, same shape as y, holding the flat index
     ``h*W + w`` of the maximum inside its input plane (PyTorch's ``return_indices``
     convention). Ties go to the first element in row-major window order.
+
+    NaN and infinities: values are ordered ``-Inf < finite < +Inf < NaN`` (NaN is the
+    largest value) and ties -- several NaNs included -- go to the first in row-major
+    order. So a window holding a NaN pools to NaN and its switch points at the window's
+    first NaN; a window of -Inf pools to -Inf with its switch at the window's first entry.
+    PyTorch's ``max_pool2d`` also propagates NaN and points its index at the NaN; for a
+    window with *several* NaNs PyTorch (2.x, CPU and CUDA kernels: ``val > max ||
+    isnan(val)``) points at the last one, we at the first, the rule ties follow (the
+    difference is pinned in tests/test_pool2d_nan.py against torch).
 ``maxpool2d_backward(dy, switches, input_hw) -> dx``
     dx (N,C,H,W) with ``input_hw = (H, W)``: each dy value goes to its switch, zeros
     elsewhere.
@@ -38,6 +47,37 @@ by the NumPy backend for gradient checks):
     definition, to ``maxpool2d_backward(y, switches, output_hw)``.
 ``unpool2d_backward(dx, switches) -> dy``
     dx gathered at the switches: ``dy[n,c,i,j] = dx[n,c].flat[switches[n,c,i,j]]``.
+
+Switches: which are legal, what is checked, what happens otherwise
+    *Legal* switches are the ones ``maxpool2d_forward`` returns: each lies inside its own
+    window, ``switches[n,c,i,j] = h*W + v`` with ``i*k <= h < (i+1)*k`` and
+    ``j*k <= v < (j+1)*k``, for one window size k with ``H//k == OH`` and ``W//k == OW``
+    (the backward ops are not told k). Legal switches are in range ``[0, H*W)`` and never
+    repeat within a plane. :func:`check_switch_windows` checks this whole rule (a few passes
+    over the switches: for tests and debugging, not run per call).
+
+    Checked on every call, identically, by every backend whose arrays live on the host (the
+    NumPy backend, the emulated cupy backend, the numba simulator): the range, by
+    :func:`check_switch_values` -- a ValueError. On a GPU nothing is checked (it would cost
+    a device-to-host read per call); the kernels skip an out-of-range switch instead of
+    touching memory outside the plane (the scatters drop its value, ``unpool2d_backward``
+    reads it as 0).
+
+    In range but illegal (outside its window, or repeated), the result is outside the
+    contract; what each version does (pinned by tests/test_pool2d_nan.py):
+
+    ======================  =========================  =========================
+    version                 switch outside its window  switch repeated in a plane
+    ======================  =========================  =========================
+    NumPy naive/argmax/fast the value lands there      the last pooled position
+                                                       (row-major) wins
+    CUDA C/numba ``naive``  the value lands there      one of them, unspecified
+    scatter                                            (a write race on a GPU)
+    CUDA C/numba ``gather`` dropped, unless the pixel  the last window in the
+                            is in a window the gather  gather's scan order wins
+                            scans ([kmin, kmax])
+    ``unpool2d_backward``   reads dx there             every copy reads dx there
+    ======================  =========================  =========================
 """
 from __future__ import annotations
 
@@ -245,7 +285,8 @@ def check_unpool2d_backward(dx, switches, array_types, hint=""):
 
 
 def check_switch_values(switches, hw, xp=np):
-    """Range check of switch values (costs one reduction; backends may skip on device)."""
+    """Range check of switch values: every backend runs it on host arrays before a
+    switch-driven op (two reductions); GPU backends skip it (see the module docstring)."""
     lo, hi = int(switches.min()), int(switches.max())
     limit = hw[0] * hw[1]
     if lo < 0 or hi >= limit:
@@ -254,3 +295,42 @@ def check_switch_values(switches, hw, xp=np):
             f"has indices 0..{limit - 1}; pass the switches maxpool2d_forward returned for maps "
             f"of that size"
         )
+
+
+def pool_window_sizes(pooled_hw, full_hw):
+    """Every window size k that pools ``full_hw`` to ``pooled_hw`` (``H//k == OH`` and
+    ``W//k == OW``), as a range (empty when there is none)."""
+    (oh, ow), (h, w) = pooled_hw, full_hw
+    kmin = max(h // (oh + 1) + 1, w // (ow + 1) + 1)
+    kmax = min(h // oh, w // ow)
+    return range(kmin, kmax + 1)
+
+
+def check_switch_windows(switches, hw):
+    """The whole legality rule of the module docstring, on host arrays: for one window size
+    k that pools ``hw`` to the switches' plane, every switch lies inside its own k x k
+    window (so it is in range and unique in its plane). Raises ValueError naming the first
+    offending switch; returns k."""
+    switches = np.asarray(switches)
+    h, w = check_hw("hw", hw)
+    oh, ow = switches.shape[2], switches.shape[3]
+    ks = pool_window_sizes((oh, ow), (h, w))
+    if not ks:
+        raise ValueError(f"no pooling window size k turns a {h}x{w} plane into the "
+                         f"{oh}x{ow} plane of the switches (need H//k == {oh} and W//k == {ow})")
+    s = switches.astype(np.int64)
+    rows, cols = np.divmod(s, w)
+    i = np.arange(oh).reshape(oh, 1)
+    j = np.arange(ow).reshape(1, ow)
+    bad = None
+    for k in ks:
+        ok = (s >= 0) & (s < h * w) & (rows // k == i) & (cols // k == j)
+        if ok.all():
+            return k
+        if bad is None:
+            bad = tuple(int(v) for v in np.argwhere(~ok)[0])
+    n, c, bi, bj = bad
+    raise ValueError(
+        f"switches[{n}, {c}, {bi}, {bj}] = {int(switches[bad])} (row {int(rows[bad])}, column "
+        f"{int(cols[bad])} of the {h}x{w} plane) is not inside its own pooling window "
+        f"(window size k in {list(ks)}); pass the switches maxpool2d_forward returned")

@@ -88,13 +88,21 @@ def _cdiv(a, b):
     return -(-a // b)
 
 
-def _check_int32(**sizes):
-    """The kernels index with int: refuse sizes that would overflow rather than corrupt memory."""
+def _check_int32(batch=None, **sizes):
+    """The kernels index with int: refuse sizes that would overflow rather than corrupt memory.
+    ``batch``: the batch size N of the arrays, for the advice (split the batch only helps when
+    one image's share fits)."""
     for name, size in sizes.items():
         if size > INT32_MAX:
+            per_image = -(-size // batch) if batch and name != "w" else size
+            if batch and batch > 1 and per_image <= INT32_MAX:
+                fix = f"split the batch (N = {batch}) into smaller ones"
+            else:
+                fix = ("even one image is too large: use smaller images or fewer maps, or the "
+                       "numpy backend")
             raise ValueError(
                 f"{name} has {size} elements, more than the kernels' int32 indexing allows "
-                f"({INT32_MAX}); split the batch into smaller ones")
+                f"({INT32_MAX}); {fix}")
 
 
 def _wgrad_reduce_threads(r):
@@ -241,7 +249,7 @@ class CupyBackend(Backend):
         n, c, h, wd = x.shape
         f, _, kh, kw = w.shape
         oh, ow = h - kh + 1, wd - kw + 1
-        _check_int32(x=x.size, w=w.size, y=n * f * oh * ow)
+        _check_int32(n, x=x.size, w=w.size, y=n * f * oh * ow)
         y = self._empty((n, f, oh, ow))
         op, k = "conv2d_forward", f"conv2d_forward_{version}"
         dims = lambda nb: (i32(nb), i32(c), i32(h), i32(wd), i32(f), i32(kh), i32(kw))
@@ -261,7 +269,7 @@ class CupyBackend(Backend):
         n, f, oh, ow = dy.shape
         _, c, kh, kw = w.shape
         h, wd = oh + kh - 1, ow + kw - 1
-        _check_int32(dy=dy.size, w=w.size, dx=n * c * h * wd)
+        _check_int32(n, dy=dy.size, w=w.size, dx=n * c * h * wd)
         dx = self._empty((n, c, h, wd))
         op, k = "conv2d_backward_input", f"conv2d_backward_input_{version}"
         dims = lambda nb: (i32(nb), i32(c), i32(oh), i32(ow), i32(f), i32(kh), i32(kw))
@@ -283,7 +291,7 @@ class CupyBackend(Backend):
         kh, kw = h - oh + 1, wd - ow + 1
         e_ = f * c * kh * kw
         r_ = n * oh * ow
-        _check_int32(x=x.size, dy=dy.size, dw=e_ * _cdiv(r_, WGRAD_CHUNK))
+        _check_int32(n, x=x.size, dy=dy.size, dw=e_ * _cdiv(r_, WGRAD_CHUNK))
         dw = self._empty((f, c, kh, kw), zero=(version == "atomic"))
         op, k = "conv2d_backward_weight", f"conv2d_backward_weight_{version}"
         args = (dw, x, dy, i32(n), i32(c), i32(h), i32(wd), i32(f), i32(oh), i32(ow))
@@ -303,7 +311,7 @@ class CupyBackend(Backend):
 
     def _conv2d_backward_bias(self, dy, version):
         n, f, oh, ow = dy.shape
-        _check_int32(dy=dy.size)
+        _check_int32(n, dy=dy.size)
         db = self._empty((f,))
         op, k = "conv2d_backward_bias", f"conv2d_backward_bias_{version}"
         args = (db, dy, i32(n), i32(f), i32(oh), i32(ow))
@@ -317,7 +325,7 @@ class CupyBackend(Backend):
     def _maxpool2d_forward(self, x, k, version):
         n, c, h, wd = x.shape
         oh, ow = h // k, wd // k
-        _check_int32(x=x.size)
+        _check_int32(n, x=x.size)
         y = self._empty((n, c, oh, ow))
         sw = self._empty((n, c, oh, ow), dtype=np.int32)
         self._launch("maxpool2d_forward", f"maxpool2d_forward_{version}",
@@ -329,7 +337,7 @@ class CupyBackend(Backend):
         """maxpool2d_backward and unpool2d_forward: src placed at its switches in an (H, W) plane."""
         n, c, oh, ow = src.shape
         h, wd = hw
-        _check_int32(out=n * c * h * wd)
+        _check_int32(n, out=n * c * h * wd)
         kmin, kmax = _pool_k_range(hw, (oh, ow))
         if version == "gather" and kmin > kmax:
             # (H, W) is not a pooling of (OH, OW) for any window size: the gather cannot find
@@ -354,7 +362,7 @@ class CupyBackend(Backend):
     def _unpool2d_backward(self, dx, switches, version):
         n, c, h, wd = dx.shape
         oh, ow = switches.shape[2:]
-        _check_int32(dx=dx.size)
+        _check_int32(n, dx=dx.size)
         dy = self._empty((n, c, oh, ow))
         self._launch("unpool2d_backward", f"unpool2d_backward_{version}",
                      (_cdiv(dy.size, THREADS),), (THREADS,),

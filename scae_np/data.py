@@ -196,22 +196,24 @@ def _holds(spec, d):
     return "partial" if any(have) else None
 
 
-def _belongs_to_other(spec, d):
-    """True when ``d`` holds IDX files that are recognisably another dataset's (by the md5 of the
-    small training-labels file), e.g. the MNIST folder while looking for Fashion-MNIST."""
+def _other_dataset(spec, d):
+    """The name of the other dataset whose IDX files ``d`` holds (recognised by the md5 of the
+    small training-labels file; the IDX headers of MNIST and Fashion-MNIST are identical), e.g.
+    'mnist' for the MNIST folder while looking for Fashion-MNIST; else None."""
     if spec.kind != "idx":
-        return False
+        return None
     f = d / "train-labels-idx1-ubyte.gz"
     if not f.is_file():
-        return False
+        return None
     try:
         got = _md5_file(f)
     except OSError:
-        return False
+        return None
     if got in spec.md5s(f.name):
-        return False
-    return any(got in s.md5s(f.name) for s in SPECS.values()
-               if s.name != spec.name and s.kind == "idx")
+        return None
+    return next((s.name for s in SPECS.values()
+                 if s.name != spec.name and s.kind == "idx" and got in s.md5s(f.name)), None)
+
 
 
 def _candidates(name, data_dir=None):
@@ -241,18 +243,28 @@ def resolve_data_dir(name, data_dir=None):
     The first searched folder (see the module docstring) with a complete set of files; else the
     first one with some of them (the missing ones are downloaded there); else the user cache.
     """
+    return _resolve(name, data_dir)[0]
+
+
+def _resolve(name, data_dir=None):
+    """``resolve_data_dir``'s folder, and the searched folders skipped because they hold
+    another dataset's files, as (folder, where-it-came-from, that dataset) triples."""
     spec = _spec(name)
     cands = _candidates(name, data_dir)
-    partial = None
-    for d, _ in cands:
+    partial, skipped = None, []
+    for d, origin in cands:
         state = _holds(spec, d)
-        if state is None or _belongs_to_other(spec, d):
+        if state is None:
+            continue
+        other = _other_dataset(spec, d)
+        if other is not None:
+            skipped.append((d, origin, other))
             continue
         if state == "complete":
-            return d
+            return d, skipped
         if partial is None:
             partial = d
-    return partial if partial is not None else _cache_dir(name)
+    return (partial if partial is not None else _cache_dir(name)), skipped
 
 
 def _searched(name, data_dir):
@@ -526,11 +538,24 @@ def load_dataset(name, data_dir=None, download=True) -> Dataset:
     is true; every problem raises :class:`DataError`.
     """
     spec = _spec(name)
-    d = resolve_data_dir(name, data_dir)
+    d, skipped = _resolve(name, data_dir)
+    # A folder given on purpose (data_dir, $SCAE_NP_DATA_DIR) that holds another dataset's
+    # files: say so, rather than report the files as missing or download them elsewhere.
+    given = [(f, o, other) for f, o, other in skipped if o in ("data_dir", ENV_VAR)]
+    if given and _holds(spec, d) != "complete":
+        f, origin, other = given[0]
+        opt = "--data-dir" if origin == "data_dir" else f"${ENV_VAR}"
+        raise DataError(
+            f"{f} holds the {other} files, not the {name} ones (the md5 of its "
+            f"train-labels-idx1-ubyte.gz is {other}'s). Ask for {other} to use them (python -m "
+            f"scae_np.run {other} ...), or point {opt} at a folder with the {name} files.")
     if data_dir is not None:
-        given = pathlib.Path(data_dir).expanduser()
-        if d not in (given, given / name):
-            print(f"scae-np: no {name} files in {given}; using {d}", file=sys.stderr, flush=True)
+        given_dir = pathlib.Path(data_dir).expanduser()
+        if d not in (given_dir, given_dir / name):
+            other = next((o for f, _, o in given if f in (given_dir, given_dir / name)), None)
+            held = f" (it holds the {other} files)" if other else ""
+            print(f"scae-np: no {name} files in {given_dir}{held}; using {d}", file=sys.stderr,
+                  flush=True)
     _ensure_files(spec, d, download, data_dir)
     loader = _load_idx if spec.kind == "idx" else _load_cifar
     x_tr, y_tr, x_te, y_te, classes = loader(spec, d)

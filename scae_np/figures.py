@@ -6,6 +6,9 @@
 - :func:`reconstructions`  inputs (top row) above their reconstructions (bottom row).
 - :func:`learning_curves`  per-epoch metrics (losses, errors) from a list of dicts.
 - :func:`filter_mosaic`    the image array behind a filter grid (for your own plots).
+- :func:`project_2d`       codes (N, D) -> 2-D points: t-SNE (scikit-learn, the ``embed`` extra) or PCA.
+- :func:`embedding_figure` 2-D points of several codings side by side, coloured by class.
+- :func:`nearest_neighbour_accuracy`  leave-one-out 1-NN accuracy of codes: how well they separate classes.
 
 Every function takes NumPy arrays (CuPy arrays are copied to the host), writes its PNG atomically
 (temporary file in the same folder, then rename: a killed run never leaves half a PNG) and returns
@@ -16,6 +19,7 @@ from __future__ import annotations
 import math
 import pathlib
 
+import matplotlib
 import numpy as np
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -23,7 +27,8 @@ from matplotlib.figure import Figure
 
 from ._atomic import atomic_open
 
-__all__ = ["filter_grid", "filter_figure", "reconstructions", "learning_curves", "filter_mosaic"]
+__all__ = ["filter_grid", "filter_figure", "reconstructions", "learning_curves", "filter_mosaic",
+           "project_2d", "embedding_figure", "nearest_neighbour_accuracy"]
 
 GAP_VALUE = 1.0          # white gaps between tiles (tiles are normalised to [0, 1])
 DPI = 100
@@ -227,6 +232,100 @@ def learning_curves(records, path, title=None):
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------- embeddings
+def _pca_2d(z):
+    """The first two principal components of the rows of ``z`` (centred; SVD in NumPy), each
+    sign fixed so that its largest loading is positive (the same picture every run)."""
+    z = z - z.mean(axis=0, keepdims=True)
+    u, s, vt = np.linalg.svd(z, full_matrices=False)
+    k = min(2, len(s))
+    signs = np.sign(vt[np.arange(k), np.abs(vt[:k]).argmax(axis=1)])
+    xy = u[:, :k] * s[:k] * np.where(signs == 0, 1, signs)
+    return np.pad(xy, ((0, 0), (0, 2 - k)))
+
+
+def project_2d(codes, method="auto", seed=0):
+    """Project codes (N, D) to 2-D points. Returns ``(points (N, 2), method used)``.
+
+    ``method``: ``"tsne"`` (scikit-learn's TSNE, PCA-initialised, perplexity 30 or less for few
+    points; install it with ``pip install -e '.[embed]'``), ``"pca"`` (NumPy SVD, always
+    available), or ``"auto"``: t-SNE when scikit-learn is installed, else PCA.
+    """
+    z = _host(codes).reshape(len(codes), -1)
+    if method not in ("auto", "tsne", "pca"):
+        raise ValueError(f"method must be 'auto', 'tsne' or 'pca', got {method!r}")
+    if len(z) < 2:
+        raise ValueError(f"need at least 2 codes to project, got {len(z)}")
+    if method == "auto":
+        try:
+            import sklearn.manifold  # noqa: F401
+            method = "tsne" if len(z) >= 5 else "pca"
+        except ImportError:
+            method = "pca"
+    if method == "pca":
+        return _pca_2d(z), "pca"
+    try:
+        from sklearn.manifold import TSNE
+        from threadpoolctl import threadpool_limits
+    except ImportError as e:
+        raise ImportError(f"t-SNE needs scikit-learn ({e}); install the extra with "
+                          f"pip install -e '.[embed]', or use method='pca'") from None
+    # One OpenMP thread: t-SNE of a few hundred points takes ~2 s that way, but can take a
+    # minute when its threads fight a training run's BLAS threads for the cores.
+    with threadpool_limits(1):
+        tsne = TSNE(n_components=2, init="pca", random_state=seed,
+                    perplexity=float(min(30.0, (len(z) - 1) / 3.0)))
+        return tsne.fit_transform(z.astype(np.float64)), "tsne"
+
+
+def nearest_neighbour_accuracy(codes, labels):
+    """Leave-one-out 1-nearest-neighbour accuracy (Euclidean) of codes (N, D) for ``labels``:
+    the share of codes whose nearest other code has the same class. Chance is about the
+    largest class share; 1.0 = every class its own cluster."""
+    z = _host(codes).reshape(len(codes), -1)
+    y = np.asarray(labels)
+    sq = (z * z).sum(axis=1)
+    d = sq[:, None] + sq[None, :] - 2.0 * z @ z.T
+    np.fill_diagonal(d, np.inf)
+    return float((y[d.argmin(axis=1)] == y).mean())
+
+
+def embedding_figure(panels, labels, path, class_names=None, title=None):
+    """PNG of 2-D points side by side, one panel per coding, coloured by class.
+
+    ``panels``: ``[(caption, points (N, 2)), ...]`` or a dict, e.g. the top-layer codes of test
+    images under random filters and under the trained CAE stack, each from
+    :func:`project_2d`. ``labels``: (N,) integer classes; ``class_names`` names them in the
+    legend.
+    """
+    items = list(panels.items()) if isinstance(panels, dict) else [tuple(p) for p in panels]
+    if not items:
+        raise ValueError("embedding_figure needs at least one (caption, points) panel")
+    y = np.asarray(labels).astype(int)
+    classes = np.unique(y)
+    fig = Figure(figsize=(4.2 * len(items) + 1.4, 4.4 + (0.3 if title else 0)))
+    axes = fig.subplots(1, len(items), squeeze=False)[0]
+    cmap = matplotlib.colormaps["tab10" if len(classes) <= 10 else "tab20"]
+    for ax, (caption, xy) in zip(axes, items):
+        xy = _host(xy)
+        if xy.shape != (len(y), 2):
+            raise ValueError(f"panel {caption!r}: points must be ({len(y)}, 2), got {xy.shape}")
+        for i, c in enumerate(classes):
+            m = y == c
+            name = class_names[c] if class_names is not None else str(c)
+            ax.scatter(xy[m, 0], xy[m, 1], s=7, color=cmap(i % cmap.N), label=name,
+                       alpha=0.8, linewidths=0)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_xlabel(str(caption), fontsize=9)
+    axes[-1].legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, markerscale=2,
+                    frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()

@@ -46,8 +46,11 @@ PAPER_HIDDEN = 300
 def _as_int_tuple(name, v, n=None):
     try:
         t = tuple(int(a) for a in v)
-    except TypeError:
+        whole = all(a == b for a, b in zip(v, t))
+    except (TypeError, ValueError):
         raise ValueError(f"{name} must be a sequence of ints, got {v!r}") from None
+    if not whole:                   # int(8.7) == 8: refuse rather than truncate silently
+        raise ValueError(f"{name} must hold whole numbers, got {v!r}")
     if n is not None and len(t) != n:
         raise ValueError(f"{name} must have {n} entries, got {len(t)}: {v!r}")
     return t

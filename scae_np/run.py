@@ -23,6 +23,16 @@ Typical full-protocol commands (MNIST in ``../shared/data/mnist``)::
 Every run writes a folder (``--out``): ``config.json``, ``metrics.jsonl`` (one line per stage
 epoch), ``results.json`` + ``results.md`` (our table beside the paper's), PNG figures,
 ``checkpoints/`` (resumable, see :mod:`scae_np.train`) and ``weights/`` (plain ``.npz``).
+
+The folder is locked for the life of the process (``scae_np._lock``): a second run or
+``--resume`` on it stops with exit 2, naming the holder's PID. ``--resume`` takes the saved
+config.json; the options given with it are sorted by ``RESUME_EPOCHS``,
+``RESUME_NEXT_STAGES`` and ``RESUME_UNFINISHED`` (applied, with a note, and recorded in
+config.json under ``resumes``), everything else is refused (exit 2, listing the saved values).
+config.json also records every session (``sessions``: start, wall time, outcome);
+``results.json``'s ``wall_time_s`` sums the sessions that trained, so resuming a finished run
+keeps it. A full disk, a read-only folder or an ``--out`` that is a file end with a one-line
+message and exit 2; Ctrl-C with exit 130 and the command that continues.
 """
 from __future__ import annotations
 
@@ -37,11 +47,14 @@ if __name__ == "__main__":
     _THREADS_APPLIED = early_threads(sys.argv[1:])
 
 import argparse  # noqa: E402
+import errno  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
+
+from . import summary  # noqa: E402
 
 #: Test error (%) of the paper's CNN, from our memory of Masci et al. 2011, Tables 1 and 2 --
 #: NOT copied from the paper; check the paper before quoting them.
@@ -59,6 +72,8 @@ PAPER_NOTE = ("The paper's numbers are quoted from memory of Masci et al., ICANN
               "(Tables 1 and 2), not copied from the paper: check them there before citing.")
 
 EXPERIMENTS = ("default", "fig1", "table", "cae", "cnn")
+#: test images in the embedding figure of the CAE stack (--embed-images)
+EMBED_IMAGES = 500
 FIG1_VARIANTS = (            # (stage name, caption, pool, noise)
     ("plain", "plain CAE", 1, 0.0),
     ("noise50", "50% binomial noise", 1, 0.5),
@@ -147,8 +162,11 @@ def build_parser():
             "  python -m scae_np.run mnist -e fig1 --fig-images 60000 --fig-epochs 5\n"
             "  python -m scae_np.run mnist -e table --sizes 1000,10000 --seeds 0,1,2 --backend cupy\n"
             "  python -m scae_np.run mnist -e table --out runs/t1 --resume   # continue a run\n\n"
-            "exit status: 0 done, 1 training failed (e.g. diverged), 2 bad input (options, data,\n"
-            "backend), 3 stopped by --stop-after-epochs (continue with --resume).\n\n"
+            "exit status: 0 done, 1 training failed (diverged: the message says which rate to\n"
+            "lower), 2 bad input (options, data, backend) or an output folder that cannot be\n"
+            "used (locked by another run, read-only, a file, a full disk), 3 stopped by\n"
+            "--stop-after-epochs, 130 interrupted (Ctrl-C); after 1, 2 (full disk), 3 and 130\n"
+            "--resume continues.\n\n"
             + PAPER_NOTE))
     q, f = QUICK, FULL
 
@@ -255,10 +273,20 @@ def build_parser():
     g.add_argument("--out", default=None,
                    help="output folder (default: runs/DATASET-EXPERIMENT-<date-time>)")
     g.add_argument("--resume", action="store_true",
-                   help="continue the interrupted run in --out from its checkpoints, with its "
-                        "saved config.json (backend/threads/data options from this command)")
+                   help="continue the run in --out from its checkpoints, with its saved "
+                        "config.json (backend/threads/data options from this command). Options "
+                        "given with it: more --epochs/--cae-epochs/--fig-epochs extend the "
+                        "stages, a new rate/momentum/batch size applies to the stages not "
+                        "started yet, --patience to those not finished (each noted in "
+                        "config.json); any other change is refused")
     g.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bars (the one-line epoch summaries stay)")
+    g.add_argument("--verbose", action="store_true",
+                   help="print the full reasons of the backend choice (always in config.json)")
+    g.add_argument("--embed-images", type=_nonneg_int, default=None,
+                   help=f"test images in the embedding figure (the CAE stack's top-layer codes "
+                        f"in 2-D beside those of its random start; t-SNE with the 'embed' "
+                        f"extra, else PCA), 0 for none (default: {EMBED_IMAGES})")
     g.add_argument("--eval-batch-size", type=_positive_int, default=256,
                    help="batch size for evaluation and encoding (default: %(default)s)")
     g.add_argument("--stop-after-epochs", type=_positive_int, default=None,
@@ -277,6 +305,7 @@ def resolve_config(args):
                                                                         else given)
     if args.dataset == "cifar10" and args.sizes is None and args.experiment != "default":
         cfg["sizes"] = [1000, 10000, 45000]     # 50,000 training images leave no validation
+    cfg["embed_images"] = EMBED_IMAGES if args.embed_images is None else args.embed_images
     for k in RUNTIME_KEYS:
         cfg[k] = getattr(args, k, None)
     return cfg
@@ -319,7 +348,7 @@ def pick_backend(name, emulate):
         try:
             return get_backend(name, emulate=emulate), None
         except BackendUnavailableError as e:
-            raise UserError(f"the {name} backend is not available here: {e}") from None
+            raise UserError(summary.unavailable_message(name, emulate, e)) from None
         except ValueError as e:
             raise UserError(str(e)) from None
     why = {}
@@ -462,8 +491,7 @@ class Run:
                       seed=[seed, 1, len(panels)])
             self.echo(f"== {stage}: {cae.describe()}, {len(x)} images, "
                       f"{c['fig_epochs']} epoch(s)")
-            res = self.trainer.load_done(stage, cae) or self.train_cae(
-                stage, cae, x, x_val, epochs=c["fig_epochs"], seed=seed)
+            res = self.train_cae(stage, cae, x, x_val, epochs=c["fig_epochs"], seed=seed)
             res = dict(res, caption=caption, pool=pool, noise=noise)
             self.results["fig1"][name] = res
             panels.append((caption, cae.filters()))
@@ -482,8 +510,7 @@ class Run:
                   c["cae_noise"], seed=[seed, 2])
         self.echo(f"== cae: {cae.describe()}, {len(cae_idx)} images")
         stage = "cae"
-        res = self.trainer.load_done(stage, cae) or self.train_cae(
-            stage, cae, ds.train_x[cae_idx], ds.train_x[val[:1000]], seed=seed)
+        res = self.train_cae(stage, cae, ds.train_x[cae_idx], ds.train_x[val[:1000]], seed=seed)
         self.results["cae"] = res
         self.cae_figures(stage, cae, ds.train_x[val[:10]], cae.describe())
 
@@ -505,8 +532,7 @@ class Run:
             stage = f"stack-s{seed}-cae{i + 1}"
             self.echo(f"== {stage}: {cae.describe()} on {tuple(x.shape[1:])} inputs, "
                       f"{len(x)} images")
-            res = self.trainer.load_done(stage, cae) or self.train_cae(stage, cae, x, x_val,
-                                                                       seed=seed)
+            res = self.train_cae(stage, cae, x, x_val, seed=seed)
             res_all.append(res)
             if i == 0:
                 self.cae_figures(stage, cae, ds.train_x[val[:10]], f"{stage}: {cae.describe()}")
@@ -539,15 +565,22 @@ class Run:
             loss, err = evaluate_classifier(be, model, self.test_x, self.test_y,
                                             c["eval_batch_size"])
             return {"test_loss": loss, "test_error": err, "test_images": len(self.test_x)}
-        res = self.trainer.load_done(stage, cnn) or self.trainer.fit(
+        res = self.trainer.fit(
             stage, cnn, "cnn", ds.train_x[train_idx], ds.train_y[train_idx], self.cnn_sgd(),
             seed, x_val=ds.train_x[val], y_val=ds.train_y[val], final_eval=final,
             info={"init": init, "size": size, "seed": seed})
         res = dict(res, init=init, size=size, seed=seed)
+        if res["epochs"] == 0:
+            # --epochs 0: the initial (random or CAE) weights, which are no result to report
+            res["untrained"] = True
+            res["untrained_test_error"] = res.pop("test_error")
+            self.echo(f"[{stage}] not trained (--epochs 0): weights/{stage}.npz holds its "
+                      f"{init} initialisation; no test error is reported for it")
+        else:
+            self.echo(f"[{stage}] test error {res['test_error']:.2f}% on {res['test_images']} "
+                      f"test images (best epoch {res['best_epoch']})")
         self.results["cnn"][stage] = res
         self._curves(stage)
-        self.echo(f"[{stage}] test error {res['test_error']:.2f}% on {res['test_images']} "
-                  f"test images (best epoch {res['best_epoch']})")
         return res
 
     def table(self, seeds, inits=("random", "cae"), sizes=None):
@@ -557,6 +590,8 @@ class Run:
             val, train, cae_idx = make_splits(ds.train_y, c["val_images"], sizes,
                                               c["cae_images"], seed)
             stack = self.stack(seed, cae_idx, val) if "cae" in inits else None
+            if stack is not None and seed == seeds[0]:
+                summary.embedding_figure(self, seed, stack)
             for size in sizes:
                 for init in inits:
                     self.cnn(seed, size, init, train[size], val,
@@ -570,7 +605,7 @@ class Run:
             row = {"size": size}
             for init in ("random", "cae"):
                 errs = [r["test_error"] for r in self.results["cnn"].values()
-                        if r["size"] == size and r["init"] == init]
+                        if r["size"] == size and r["init"] == init and "test_error" in r]
                 if errs:
                     row[init] = {"mean": float(np.mean(errs)),
                                  "std": float(np.std(errs, ddof=1)) if len(errs) > 1 else 0.0,
@@ -610,14 +645,18 @@ def results_markdown(cfg, rows, fig1, n_test, backend_desc, wall, cnn_runs=None)
                       f"deviation over seeds; CNN {cfg['epochs']} epochs max, lr {cfg['lr']}, "
                       f"momentum {cfg['momentum']}, batch {cfg['batch_size']}, validation "
                       f"{cfg['val_images']} training images. {PAPER_NOTE}", ""]
+    if cnn_runs and not rows and all(r.get("untrained") for r in cnn_runs.values()):
+        lines += ["The CNN was not trained (`--epochs 0`): `weights/` holds its initial "
+                  "weights, and there is no test error to report.", ""]
     if cnn_runs:
         lines += ["### Every CNN run", "", "| run | init | training images | seed | epochs (best) "
                   "| validation error % | test error % | training time s |",
                   "|---|---|---:|---:|---:|---:|---:|---:|"]
         for stage, r in cnn_runs.items():
             best_val = "—" if r.get("best_val") is None else f"{r['best_val']:.2f}"
+            test = f"{r['test_error']:.2f}" if "test_error" in r else "— (not trained)"
             lines.append(f"| {stage} | {r['init']} | {r['size']} | {r['seed']} | {r['epochs']} "
-                         f"({r['best_epoch']}) | {best_val} | {r['test_error']:.2f} | "
+                         f"({r['best_epoch']}) | {best_val} | {test} | "
                          f"{r['train_time_s']:.0f} |")
         lines.append("")
     if fig1:
@@ -635,6 +674,193 @@ def _describe_backend(be):
     return s
 
 
+# ------------------------------------------------------------------------------ resume
+# What --resume does with the options given beside it (everything in RUNTIME_KEYS is taken
+# from the command line anyway). Stage groups, by stage name: 'fig1' (fig1-*), 'stack'
+# (stack-s<seed>-cae<i>), 'cae' (the single CAE) and 'cnn' (cnn-<init>-n<size>-s<seed>).
+#: epoch counts: a stage not finished trains up to the new count; a finished one that ran all
+#: its epochs is extended; fewer epochs than a stage already trained are refused.
+RESUME_EPOCHS = {"epochs": ("cnn",), "cae_epochs": ("stack", "cae"), "fig_epochs": ("fig1",)}
+#: SGD settings: they apply to the stages not started yet (a started stage keeps its own).
+RESUME_NEXT_STAGES = {k: ("cnn",) for k in ("lr", "momentum", "lr_decay", "batch_size")}
+RESUME_NEXT_STAGES.update({k: ("fig1", "stack", "cae")
+                           for k in ("cae_lr", "cae_momentum", "cae_batch_size")})
+#: early stopping: applies from now on to every stage not finished.
+RESUME_UNFINISHED = {"patience": ("cnn",)}
+# Every other option (dataset, experiment, seeds, sizes, splits, architectures, noise ...)
+# shapes what was already trained: --resume refuses a new value.
+
+
+def stage_group(stage):
+    for prefix, group in (("cnn-", "cnn"), ("stack-", "stack"), ("fig1-", "fig1")):
+        if stage.startswith(prefix):
+            return group
+    return "cae" if stage == "cae" else None
+
+
+def _dependents(stage, stages):
+    """Stages trained on a stack CAE's output: the CAEs above it and the CNNs it initialises."""
+    import re
+    m = re.fullmatch(r"stack-s(\d+)-cae(\d+)", stage)
+    if not m:
+        return []
+    seed, layer = m.group(1), int(m.group(2))
+    out = []
+    for s in stages:
+        m2 = re.fullmatch(r"stack-s(\d+)-cae(\d+)", s)
+        if (m2 and m2.group(1) == seed and int(m2.group(2)) > layer) or \
+                re.fullmatch(rf"cnn-cae-n\d+-s{seed}", s):
+            out.append(s)
+    return sorted(out)
+
+
+def stage_progress(out):
+    """{stage: its checkpoint's state (epoch, done, stopped_early) and format} for every
+    stage with a checkpoint in ``out`` (a diverged stage's aside copy does not count)."""
+    from .train import read_checkpoint_meta
+    d = os.path.join(out, "checkpoints")
+    progress = {}
+    if not os.path.isdir(d):
+        return progress
+    for name in sorted(os.listdir(d)):
+        if not name.endswith(".npz") or name.startswith(".") or name.endswith(".diverged.npz"):
+            continue
+        try:
+            meta = read_checkpoint_meta(os.path.join(d, name))
+        except (OSError, ValueError, KeyError):
+            continue          # unreadable: the stage's own resume will say so
+        st = meta["state"]
+        progress[name[:-4]] = {"epoch": st["epoch"], "done": bool(st["done"]),
+                               "stopped_early": bool(st.get("stopped_early")),
+                               "format": meta.get("format", 1)}
+    return progress
+
+
+def _opt(k):
+    return "-e/--experiment" if k == "experiment" else "--" + k.replace("_", "-")
+
+
+def _val(v):
+    return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+
+
+def resume_changes(saved_cfg, args, given, progress):
+    """Compare the options given with --resume to the saved ones. Returns (changes, notices):
+    ``changes`` {key: (saved, new)} to apply; raises UserError listing every option that
+    cannot change, with its saved value."""
+    changes, refused, notices = {}, [], []
+    for k in sorted(given):
+        if k in RUNTIME_KEYS or k == "dataset" or k not in saved_cfg:
+            continue
+        old, new = saved_cfg[k], getattr(args, k)
+        if new == old:
+            continue
+        opt = f"{_opt(k)} {_val(new)} (saved: {_val(old)})"
+        if k in RESUME_EPOCHS:
+            mine = {s: p for s, p in progress.items() if stage_group(s) in RESUME_EPOCHS[k]}
+            over = [f"{s} ({p['epoch']})" for s, p in mine.items() if p["epoch"] > new]
+            if over:
+                refused.append(f"{opt}: fewer epochs than already trained by "
+                               f"{', '.join(over)}")
+                continue
+            grow = [s for s, p in mine.items() if p["done"] and not p["stopped_early"]
+                    and p["format"] >= 2 and new > p["epoch"]]
+            blocked = [s for s in grow if _dependents(s, progress)]
+            if blocked:
+                deps = sorted({d for s in blocked for d in _dependents(s, progress)},
+                              key=lambda d: (stage_group(d) != "stack", d))
+                refused.append(f"{opt}: cannot extend {', '.join(blocked)}, since "
+                               f"{', '.join(deps)} already trained on their output")
+                continue
+            old_fmt = [s for s, p in mine.items() if p["done"] and p["format"] < 2
+                       and new > p["epoch"]]
+            note = f"{_opt(k)} {_val(new)} (was {_val(old)}) applies to the stages not finished"
+            if grow:
+                note += f", and extends the finished ones: {', '.join(grow)}"
+            if old_fmt:
+                note += (f"; {', '.join(old_fmt)} finished under an older checkpoint format "
+                         f"and stay as they are")
+            notices.append(note)
+        elif k in RESUME_NEXT_STAGES:
+            started = sorted(s for s in progress if stage_group(s) in RESUME_NEXT_STAGES[k])
+            note = f"{_opt(k)} {_val(new)} (was {_val(old)}) applies to the stages not started yet"
+            if started:
+                note += f"; those started keep {_val(old)}: {', '.join(started)}"
+            notices.append(note)
+        elif k in RESUME_UNFINISHED:
+            done = sorted(s for s, p in progress.items()
+                          if stage_group(s) in RESUME_UNFINISHED[k] and p["done"])
+            note = f"{_opt(k)} {_val(new)} (was {_val(old)}) applies to the stages not finished"
+            if done:
+                note += f"; finished ones stay as they are: {', '.join(done)}"
+            notices.append(note)
+        else:
+            refused.append(opt)
+            continue
+        changes[k] = (old, new)
+    if refused:
+        raise UserError(
+            "--resume cannot change what the run already trained with these options: "
+            + "; ".join(refused) + ". Leave them out to continue the run as it was, or start "
+            "a new run with another --out")
+    return changes, notices
+
+
+def given_options(argv):
+    """The ``dest`` of every option given on the command line (not left to its default)."""
+    p = build_parser()
+    for a in p._actions:
+        a.default = argparse.SUPPRESS
+    return set(vars(p.parse_args(argv)))
+
+
+def resume_command(dataset, out, extra=""):
+    import shlex
+    return f"python -m scae_np.run {dataset} --resume --out {shlex.quote(str(out))}" + extra
+
+
+# --------------------------------------------------------------------- errors of the machine
+_DISK_FULL = {getattr(errno, n) for n in ("ENOSPC", "EDQUOT") if hasattr(errno, n)}
+_NOT_WRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def os_error_message(e, out, dataset, started):
+    """A one-line message for an OSError of writing the run's files, or None (a bug: let
+    it show). ``started``: the run has a config.json, so --resume can continue it."""
+    where = e.filename or out
+    folder = os.path.dirname(str(where)) or str(out)
+    then = (f"; then {resume_command(dataset, out)} continues the run" if started
+            else ", then run the command again")
+    if e.errno in _DISK_FULL:
+        return (f"the disk is full: no space left on the device holding {folder} (writing "
+                f"{where}). Free some space there{then}")
+    if e.errno in _NOT_WRITABLE:
+        return (f"cannot write {where} ({e.strerror}): the output folder {out} must be "
+                f"writable; choose another --out or fix its permissions")
+    return None
+
+
+def prepare_out(out, resume):
+    """Check the output folder can be one (and create it): UserError otherwise."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UserError(f"--out {out} is a file, not a folder: choose another --out, or move "
+                        f"the file away")
+    if resume:
+        cfg_path = os.path.join(out, "config.json")
+        if not os.path.exists(cfg_path):
+            raise UserError(f"--resume: {cfg_path} does not exist; nothing to continue "
+                            f"(leave out --resume to start a new run there)")
+        return
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        why = ("a part of that path is a file" if isinstance(e, (NotADirectoryError,
+                                                                FileExistsError))
+               else e.strerror)
+        raise UserError(f"cannot create the output folder {out} ({why}): choose another "
+                        f"--out") from None
+
+
 # ------------------------------------------------------------------------------ main
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -645,49 +871,126 @@ def main(argv=None):
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:      # before the folder was locked: nothing written yet
+        print("\ninterrupted", file=sys.stderr)
+        return 130
 
 
 def _main(args, argv):
-    from kernels import BackendUnavailableError
-    from .data import DataError, load_dataset
-    from .train import Interrupted, Trainer, TrainingError, write_json
-
+    """Lock the output folder, then run; machine errors (disk full, read-only folder) and
+    Ctrl-C become one-line messages and exit statuses (2, 130)."""
+    from ._lock import FolderLocked, RunLock
     t_start = time.time()
+    if args.resume and not args.out:
+        raise UserError("--resume needs --out: the folder of the run to continue")
+    out = args.out or os.path.join(
+        "runs", f"{args.dataset}-{args.experiment}-{time.strftime('%Y%m%d-%H%M%S')}")
+    prepare_out(out, args.resume)
+    lock = RunLock(out, command="python -m scae_np.run " + " ".join(argv))
+    try:
+        lock.acquire()
+    except FolderLocked as e:
+        raise UserError(str(e)) from None
+    except OSError as e:
+        raise UserError(os_error_message(e, out, args.dataset, False)
+                        or f"cannot lock {out}: {e}") from None
+    if lock.warning:
+        print(f"note: {lock.warning}", file=sys.stderr)
+    session = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "resumed": bool(args.resume),
+               "command": "python -m scae_np.run " + " ".join(argv), "outcome": "failed"}
+    ctx = {"out": out, "session": session, "t_start": t_start}
+    try:
+        return _run(args, argv, ctx)
+    except KeyboardInterrupt:
+        session["outcome"] = "interrupted"
+        if ctx.get("config_doc") is not None or args.resume:
+            print(f"\ninterrupted; continue with: {resume_command(args.dataset, out)}",
+                  file=sys.stderr)
+        else:
+            print("\ninterrupted before the run started; nothing to resume", file=sys.stderr)
+        return 130
+    except OSError as e:
+        msg = os_error_message(e, out, args.dataset,
+                               ctx.get("config_doc") is not None or args.resume)
+        if msg is None:
+            raise
+        session["outcome"] = "disk full" if e.errno in _DISK_FULL else "not writable"
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    finally:
+        _record_session(ctx)
+        lock.release()
+
+
+def _record_session(ctx):
+    """Append this process's session (wall time, outcome) to config.json; best effort."""
+    from .train import write_json
+    doc = ctx.get("config_doc")
+    if doc is None:
+        return
+    s = dict(ctx["session"], wall_s=round(time.time() - ctx["t_start"], 1))
+    tr = ctx.get("trainer")
+    s["trained"] = bool(tr is not None and (tr.epochs_run or tr.stages_finished))
+    doc.setdefault("sessions", []).append(s)
+    try:
+        write_json(os.path.join(ctx["out"], "config.json"), doc)
+    except OSError:
+        pass
+
+
+def _load_resumed(args, argv, out):
+    """The saved config of the run in ``out``, with this command's runtime options and the
+    resume changes it may apply (printed as notices); and the config document."""
+    given = given_options(argv)
+    with open(os.path.join(out, "config.json")) as f:
+        saved = json.load(f)
+    cfg = dict(saved["config"])
+    if cfg["dataset"] != args.dataset:
+        raise UserError(f"--resume: the run in {out} is on {cfg['dataset']}, not "
+                        f"{args.dataset}")
+    changes, notices = resume_changes(cfg, args, given, stage_progress(out))
+    for k, (_, new) in changes.items():
+        cfg[k] = new
+    for k in RUNTIME_KEYS:
+        cfg[k] = getattr(args, k, None)
+    # where the data is and which backend ran: the saved ones unless given again
+    was = saved.get("runtime", {})
+    if cfg["data_dir"] is None:
+        cfg["data_dir"] = was.get("data_dir")
+    if cfg["backend"] is None and was.get("backend"):
+        cfg["backend"], cfg["emulate"] = was["backend"], bool(was.get("emulate"))
+    if changes:
+        saved.setdefault("resumes", []).append({
+            "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "command": "python -m scae_np.run " + " ".join(argv),
+            "changed": {k: {"was": a, "now": b} for k, (a, b) in changes.items()}})
+        saved["config"].update({k: b for k, (a, b) in changes.items()})
+        for n in notices:
+            print(f"note: {n}; recorded in {os.path.join(out, 'config.json')}", file=sys.stderr)
+    return cfg, saved
+
+
+def _run(args, argv, ctx):
+    from kernels import BackendUnavailableError
+    from ._atomic import remove_partial_files
+    from .data import DataError, load_dataset
+    from .train import Diverged, Interrupted, Trainer, TrainingError, write_json
+    out = ctx["out"]
     if args.resume:
-        if not args.out:
-            raise UserError("--resume needs --out: the folder of the run to continue")
-        cfg_path = os.path.join(args.out, "config.json")
-        if not os.path.exists(cfg_path):
-            raise UserError(f"--resume: {cfg_path} does not exist; nothing to continue "
-                            f"(leave out --resume to start a new run there)")
-        with open(cfg_path) as f:
-            saved = json.load(f)
-        cfg = dict(saved["config"])
-        if cfg["dataset"] != args.dataset:
-            raise UserError(f"--resume: the run in {args.out} is on {cfg['dataset']}, not "
-                            f"{args.dataset}")
-        for k in RUNTIME_KEYS:
-            cfg[k] = getattr(args, k, None)
-        # where the data is and which backend ran: the saved ones unless given again
-        was = saved.get("runtime", {})
-        if cfg["data_dir"] is None:
-            cfg["data_dir"] = was.get("data_dir")
-        if cfg["backend"] is None and was.get("backend"):
-            cfg["backend"], cfg["emulate"] = was["backend"], bool(was.get("emulate"))
-        out = args.out
+        cfg, saved = _load_resumed(args, argv, out)
+        for p in remove_partial_files(out):
+            print(f"note: removed {p}, left by a write that was cut short", file=sys.stderr)
     else:
-        cfg = resolve_config(args)
-        out = args.out or os.path.join(
-            "runs", f"{args.dataset}-{args.experiment}-{time.strftime('%Y%m%d-%H%M%S')}")
         if os.path.exists(os.path.join(out, "config.json")):
             raise UserError(f"{out} already holds a run (config.json); continue it with "
                             f"--resume, or choose another --out")
+        cfg, saved = resolve_config(args), None
     validate_config(cfg)
 
     be, why = pick_backend(cfg["backend"], cfg["emulate"])
-    backend_desc = _describe_backend(be)
-    if why:
-        backend_desc += " (no GPU backend: " + "; ".join(f"{k}: {v}" for k, v in why.items()) + ")"
+    backend_desc = summary.backend_line(_describe_backend(be), why)
+    if why and args.verbose:
+        print("why no GPU backend:" + summary.reasons_text(why), flush=True)
     print(f"scae-np: {cfg['dataset']}, experiment {cfg['experiment']}, backend {backend_desc}",
           flush=True)
     if args.threads and not _THREADS_APPLIED:
@@ -702,24 +1005,27 @@ def _main(args, argv):
     print(f"data: {ds.name}: {len(ds.train_x)} training, {len(ds.test_x)} test images "
           f"{tuple(ds.train_x.shape[1:])}", flush=True)
 
-    os.makedirs(out, exist_ok=True)
-    config_doc = {
-        "config": {k: v for k, v in cfg.items() if k not in RUNTIME_KEYS or k == "backend"},
-        "command": "python -m scae_np.run " + " ".join(argv),
-        "runtime": {"data_dir": os.path.abspath(cfg["data_dir"]) if cfg["data_dir"] else None,
-                    "backend": be.name, "emulate": bool(getattr(be, "emulated", False))},
-        "backend": backend_desc,
-        "versions": {"python": platform.python_version(), "numpy": np.__version__},
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "cpus": os.cpu_count()},
-    }
-    if not args.resume:
-        write_json(os.path.join(out, "config.json"), config_doc)
+    if saved is None:
+        saved = {
+            "config": {k: v for k, v in cfg.items() if k not in RUNTIME_KEYS or k == "backend"},
+            "command": "python -m scae_np.run " + " ".join(argv),
+            "runtime": {"data_dir": os.path.abspath(cfg["data_dir"]) if cfg["data_dir"]
+                        else None,
+                        "backend": be.name, "emulate": bool(getattr(be, "emulated", False))},
+            "backend": backend_desc,
+            "backend_reasons": why or {},
+            "versions": {"python": platform.python_version(), "numpy": np.__version__},
+            "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                        "cpus": os.cpu_count()},
+        }
+    write_json(os.path.join(out, "config.json"), saved)
+    ctx["config_doc"] = saved
     print(f"output: {out}", flush=True)
 
     trainer = Trainer(be, out, progress=cfg["progress"], resume=bool(args.resume),
                       stop_after_epochs=cfg["stop_after_epochs"],
                       eval_batch=cfg["eval_batch_size"])
+    ctx["trainer"] = trainer
     run = Run(cfg, be, ds, out, trainer)
     seeds = cfg["seeds"]
     try:
@@ -737,34 +1043,67 @@ def _main(args, argv):
         if exp == "cnn":
             run.table(seeds[:1], inits=(cfg["init"],), sizes=cfg["sizes"][:1])
     except Interrupted as e:
-        print(f"{e}; continue with:  python -m scae_np.run {cfg['dataset']} --out {out} "
-              f"--resume", file=sys.stderr)
+        ctx["session"]["outcome"] = "stopped"
+        print(f"{e}; continue with:  {resume_command(cfg['dataset'], out)}", file=sys.stderr)
         return 3
+    except Diverged as e:
+        ctx["session"]["outcome"] = "diverged"
+        print(f"error: {_diverged_message(e, cfg, out, trainer)}", file=sys.stderr)
+        return 1
     except TrainingError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except BackendUnavailableError as e:
         raise UserError(str(e)) from None
 
-    wall = time.time() - t_start
+    wall_now = time.time() - ctx["t_start"]
+    trained_now = bool(trainer.epochs_run or trainer.stages_finished)
+    wall = _previous_wall_time(out, saved) + (wall_now if trained_now else 0.0)
     rows = run.table_rows()
     results = {"dataset": cfg["dataset"], "experiment": cfg["experiment"],
                "backend": backend_desc, "wall_time_s": round(wall, 1),
+               "wall_time_this_session_s": round(wall_now, 1),
                "table": rows, "paper": {str(k): v for k, v in
                                         PAPER.get(cfg["dataset"], {}).items()},
                "paper_note": PAPER_NOTE, "fig1": run.results["fig1"],
                "stacks": run.results["stacks"], "cnn": run.results["cnn"],
-               "cae": run.results["cae"], "figures": sorted(set(run.figures))}
+               "cae": run.results["cae"], "embedding": run.results.get("embedding"),
+               "figures": sorted(set(run.figures))}
     write_json(os.path.join(out, "results.json"), results)
     md = results_markdown(cfg, rows, run.results["fig1"], len(run.test_x), backend_desc, wall,
                           run.results["cnn"])
     from .train import _atomic_write_text
+    md = summary.with_verdict(md, cfg, rows)
     _atomic_write_text(os.path.join(out, "results.md"), md)
+    ctx["session"]["outcome"] = "done"
     print()
     print(md)
     print(f"wrote {out}/results.md, results.json, metrics.jsonl, figures/ "
           f"({len(set(run.figures))} PNG), weights/, checkpoints/")
     return 0
+
+
+def _previous_wall_time(out, doc):
+    """Wall time of the earlier sessions that trained (recorded in config.json); for a run
+    from before sessions were recorded, the wall time its results.json holds."""
+    if "sessions" in doc:
+        return sum(s.get("wall_s", 0.0) for s in doc["sessions"] if s.get("trained"))
+    try:
+        with open(os.path.join(out, "results.json")) as f:
+            return float(json.load(f).get("wall_time_s", 0.0))
+    except (OSError, ValueError):
+        return 0.0
+
+
+def _diverged_message(e, cfg, out, trainer):
+    opt = "--lr" if e.kind == "cnn" else "--cae-lr"
+    lower = float(f"{e.lr / 10:.3g}")
+    aside = trainer.diverged_path(e.stage)
+    kept = f" (its last checkpoint is kept as {aside})" if os.path.exists(aside) else ""
+    return (f"stage {e.stage} diverged in epoch {e.epoch}: {e.why}. Lower {opt} (now "
+            f"{e.lr:g}), e.g. to {lower:g}, and continue with: "
+            f"{resume_command(cfg['dataset'], out, f' {opt} {lower:g}')} (finished stages "
+            f"and their checkpoints are kept; {e.stage} starts again{kept})")
 
 
 if __name__ == "__main__":

@@ -9,18 +9,60 @@ One *stage* is one model trained by SGD (a CAE, one layer of a CAE stack, a CNN)
 * evaluates the validation split after every epoch (error % for a CNN, reconstruction loss
   for a CAE), keeps the parameters of the best epoch, stops early after ``patience`` epochs
   without improvement, and ends with the best parameters;
+* stops with :class:`Diverged` (a :class:`TrainingError`) when training diverges, by the rule
+  below;
 * writes, after every epoch, a checkpoint ``checkpoints/<stage>.npz`` atomically (temp file +
   ``os.replace``): parameters (``param/<name>``), momentum buffers (``vel/<name>``), the best
-  parameters so far (``best/<name>``) and a JSON ``meta`` string (epoch, metrics history,
-  the RNG states, early-stopping state, and, once the stage is done, its result). A run
-  killed at any moment therefore loses at most the epoch in progress, and ``resume=True``
-  continues from the last checkpoint to the same numbers an uninterrupted run gets (NumPy
-  backend, same machine);
-* appends one JSON line per epoch to ``metrics.jsonl``;
-* when done, saves the final (best) parameters as a plain ``weights/<stage>.npz``.
+  parameters so far (``best/<name>``) and a JSON ``meta`` string (format, the stage's SGD
+  settings, epoch, metrics history, the RNG states, early-stopping state, and, once the stage
+  is done, its result); then appends the epoch's line to ``metrics.jsonl``.
+
+Stage completion, in this order: the epoch's checkpoint; the final parameters (the best
+epoch's) evaluated (``final_eval``, e.g. the test error) and written as a plain
+``weights/<stage>.npz``; the metrics line; and last the checkpoint again, now marked done with
+the result -- the commit point. A run killed at any moment before it redoes at most the epoch
+in progress (or only the final evaluation); one killed after it finds the stage done. A done
+stage whose weights file or metrics lines are missing (deleted, or written by an older
+version that committed first) is repaired from its checkpoint on resume.
+
+Resuming (``resume=True``) goes through one path, :meth:`Trainer.restore`: a stage
+continues from its last checkpoint to the same numbers an uninterrupted run gets (NumPy
+backend, same machine), with the SGD settings it started with (a new learning rate applies
+to stages not started yet) except ``epochs`` and ``patience``, which are taken from the
+caller: more epochs continue an unfinished stage, and reopen a finished one that ran all its
+epochs (its checkpoint keeps the last epoch's parameters and momentum, so the extension is the
+run a larger ``epochs`` would have made). Fewer epochs than a stage already trained are an
+error.
+
+Divergence (:data:`DIVERGENCE_FACTOR`, :data:`DIVERGENCE_MIN_BATCHES`): a stage has diverged
+
+* at once, when a mini-batch loss is not finite (NaN or Inf);
+* when the mean training loss of the epoch so far, once at least ``min(10, batches per
+  epoch)`` mini-batches are in, exceeds ``10 x`` the stage's reference loss: for a CNN the
+  cross-entropy of guessing, ``ln(n_classes)`` (chance level; 2.30 for 10 classes), for a CAE
+  its reconstruction loss at initialisation, measured on the first 256 training images before
+  the first update (kept in the checkpoint).
+
+Healthy runs stay far below: a CNN's epoch loss starts near ``ln(n_classes)`` and falls; a
+CAE's falls from its starting loss however small that is (the rule is a ratio). On MNIST with
+the paper's CNN (batch 16, momentum 0.9) lr 0.01 trains, 0.03 already diverges (epoch losses
+27 and 48), lr 1e6 gives 1e9 and 1e30 gives 1e33; all of those stop in the first epoch. A CAE
+with a bounded output (logistic pixels) cannot exceed a few times its starting loss: an
+over-large learning rate there shows as a loss stuck high, which no rule flags. A diverged
+stage's checkpoint is moved aside to ``checkpoints/<stage>.diverged.npz`` (kept for a look),
+so that a resume with a lower learning rate starts that stage afresh (a stage being extended
+too: from its first epoch); every other stage's files stay.
+
+Writers: a Trainer writes its stage's checkpoint and weights files (each atomically) and hands
+every metrics record to its ``log`` (default: :class:`MetricsLog`, appending to
+``metrics.jsonl``). Only one process may write ``metrics.jsonl`` (``sync_stage`` rewrites it);
+worker processes running stages in parallel should get a ``log`` that passes records to the
+parent, or none, leaving the parent to call ``sync_stage(stage, history)`` from the stage's
+checkpoint, which holds the stage's history.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -31,9 +73,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._atomic import atomic_open
+from ._atomic import atomic_open, name_os_error
 
 from .models import load_npz, save_npz
+
+#: Checkpoint layout version: 2 keeps the last epoch's parameters in ``param/`` of a done
+#: stage (1 kept the final ones there) and the stage's SGD settings in ``meta``.
+CKPT_FORMAT = 2
+#: A stage diverged when its running epoch loss exceeds this many times its reference loss.
+DIVERGENCE_FACTOR = 10.0
+#: ... once this many mini-batches (or the whole epoch, if it has fewer) are in.
+DIVERGENCE_MIN_BATCHES = 10
+#: Training images the CAE's starting (reference) loss is measured on.
+REFERENCE_IMAGES = 256
 
 
 class Interrupted(Exception):
@@ -43,6 +95,17 @@ class Interrupted(Exception):
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. the loss became NaN); the message says what to change."""
+
+
+class Diverged(TrainingError):
+    """A stage diverged (the rule is in the module docstring). ``stage``, ``kind`` ('cnn' or
+    'cae'), ``epoch`` (1-based), ``lr`` (the stage's base learning rate) and ``why`` say where
+    and how; the message ends with what to change."""
+
+    def __init__(self, stage, kind, epoch, lr, why):
+        self.stage, self.kind, self.epoch, self.lr, self.why = stage, kind, epoch, lr, why
+        super().__init__(f"stage {stage}: training diverged in epoch {epoch}: {why}; lower "
+                         f"the learning rate (now {lr:g})")
 
 
 @dataclass
@@ -55,8 +118,18 @@ class SGD:
     lr_decay: float = 1.0
     patience: int = 0           # epochs without validation improvement before stopping; 0: off
 
+    #: fields a resumed stage takes from the caller; the others stay as the stage started
+    RESUMABLE = ("epochs", "patience")
+
     def lr_at(self, epoch):
         return self.lr * self.lr_decay ** epoch
+
+    def resumed(self, saved):
+        """The settings of a stage that started with ``saved`` (a dict from its checkpoint)
+        and is continued under this SGD: ``saved`` except for :attr:`RESUMABLE`."""
+        names = {f.name for f in dataclasses.fields(self)}
+        kept = {k: v for k, v in saved.items() if k in names and k not in self.RESUMABLE}
+        return dataclasses.replace(self, **kept)
 
 
 def stage_seed(seed, name):
@@ -83,7 +156,8 @@ def _json_default(o):
 
 class MetricsLog:
     """``metrics.jsonl``: one JSON object per stage epoch. On resume a stage's lines are made
-    to agree with its checkpoint (lines of epochs after it dropped, missing ones restored)."""
+    to agree with its checkpoint (lines of epochs after it dropped, missing ones restored).
+    One process writes it (see the module docstring)."""
 
     def __init__(self, path):
         self.path = path
@@ -103,14 +177,42 @@ class MetricsLog:
         return out
 
     def append(self, rec):
-        with open(self.path, "a") as f:
-            f.write(json.dumps(rec, default=_json_default) + "\n")
-            f.flush()
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(rec, default=_json_default) + "\n")
+                f.flush()
+        except OSError as e:
+            raise name_os_error(e, self.path) from e
 
     def sync_stage(self, stage, history):
-        recs = [r for r in self.records() if r.get("stage") != stage] + list(history)
-        _atomic_write_text(self.path, "".join(json.dumps(r, default=_json_default) + "\n"
-                                              for r in recs))
+        """Make ``stage``'s lines equal ``history`` (the file is rewritten, atomically, only
+        if they differ or a line is cut short)."""
+        def dump(r):
+            return json.dumps(r, default=_json_default)
+        lines = []
+        if os.path.exists(self.path):
+            with open(self.path) as f:
+                lines = [ln.rstrip("\n") for ln in f if ln.strip()]
+        want = [dump(r) for r in history]
+        new, mine, broken, placed = [], [], False, False
+        for ln in lines:
+            try:
+                r = json.loads(ln)
+            except json.JSONDecodeError:
+                broken = True
+                continue
+            if r.get("stage") != stage:
+                new.append(ln)
+                continue
+            mine.append(r)
+            if not placed:               # the stage's lines stay where they began
+                new.extend(want)
+                placed = True
+        if not placed:
+            new.extend(want)
+        if not broken and mine == [json.loads(w) for w in want]:
+            return
+        _atomic_write_text(self.path, "".join(ln + "\n" for ln in new))
 
 
 # -------------------------------------------------------------------------- evaluation
@@ -163,20 +265,67 @@ def encode_batches(backend, encoder, x, batch_size=256):
 
 
 # ---------------------------------------------------------------------------- trainer
+def _new_state():
+    return {"epoch": 0, "history": [], "best": None, "best_epoch": 0, "bad_epochs": 0,
+            "train_time_s": 0.0, "done": False, "result": None, "stopped_early": False,
+            "start_loss": None}
+
+
+@dataclass
+class Restored:
+    """What :meth:`Trainer.restore` read from a stage's checkpoint."""
+    path: str
+    meta: dict
+    params: dict            # param/: the parameters after the last epoch trained
+    velocity: dict          # vel/
+    best: dict              # best/: the best epoch's parameters ({} without validation)
+
+    @property
+    def state(self):
+        return self.meta["state"]
+
+    @property
+    def done(self):
+        return bool(self.state["done"])
+
+    def final_params(self):
+        """The stage's final parameters: the best epoch's, if it was not the last one.
+        (Format 1 checkpoints of done stages hold the final ones in ``param/``.)"""
+        st = self.state
+        if (self.meta.get("format", 1) >= 2 and self.best
+                and st["best_epoch"] != st["epoch"]):
+            return self.best
+        return self.params
+
+    def extendable(self, epochs):
+        """True if this done stage ran all its epochs and ``epochs`` asks for more."""
+        st = self.state
+        return (self.done and self.meta.get("format", 1) >= 2 and not st.get("stopped_early")
+                and epochs > st["epoch"])
+
+
+def read_checkpoint_meta(path):
+    """The ``meta`` dict of a checkpoint file (reads only that member)."""
+    with np.load(path, allow_pickle=False) as z:
+        return json.loads(str(z["meta"]))
+
+
 class Trainer:
     """Runs stages in one output folder. ``progress``: tqdm bars (images/s, loss) on stderr;
-    ``stop_after_epochs``: raise :class:`Interrupted` after that many epochs in this process."""
+    ``stop_after_epochs``: raise :class:`Interrupted` after that many epochs in this process;
+    ``log``: where metrics records go (default: the folder's ``metrics.jsonl``)."""
 
     def __init__(self, backend, out_dir, progress=True, stop_after_epochs=None,
-                 eval_batch=256, resume=False, echo=None):
+                 eval_batch=256, resume=False, echo=None, log=None):
         self.be = backend
         self.out = out_dir
-        self.log = MetricsLog(os.path.join(out_dir, "metrics.jsonl"))
+        self.log = log if log is not None else MetricsLog(os.path.join(out_dir, "metrics.jsonl"))
         self.progress = progress
         self.stop_after_epochs = stop_after_epochs
         self.eval_batch = eval_batch
         self.resume = resume
-        self.epochs_run = 0
+        self.epochs_run = 0          # epochs trained by this process
+        self.stages_finished = 0     # stages this process brought to done
         self._echo = echo
 
     def echo(self, msg):
@@ -190,34 +339,66 @@ class Trainer:
     def ckpt_path(self, stage):
         return os.path.join(self.out, "checkpoints", f"{stage}.npz")
 
+    def diverged_path(self, stage):
+        return os.path.join(self.out, "checkpoints", f"{stage}.diverged.npz")
+
     def weights_path(self, stage):
         return os.path.join(self.out, "weights", f"{stage}.npz")
 
     # ----------------------------------------------------------------- checkpoints
-    def _save_ckpt(self, stage, model, rng, state, best_params):
-        arrays = {f"param/{k}": v for k, v in model.state_dict().items()}
-        arrays.update({f"vel/{k}": v for k, v in model.velocity_dict().items()})
+    def _save_ckpt(self, stage, kind, sgd, params, velocity, rng, model, state, best_params):
+        arrays = {f"param/{k}": v for k, v in params.items()}
+        arrays.update({f"vel/{k}": v for k, v in velocity.items()})
         if best_params is not None:
             arrays.update({f"best/{k}": v for k, v in best_params.items()})
-        meta = {"stage": stage, "state": state, "rng": rng.bit_generator.state}
+        meta = {"format": CKPT_FORMAT, "stage": stage, "kind": kind,
+                "sgd": dataclasses.asdict(sgd), "state": state, "rng": rng.bit_generator.state}
         if getattr(model, "rng", None) is not None:
             meta["model_rng"] = model.rng.bit_generator.state
         arrays["meta"] = np.array(json.dumps(meta, default=_json_default))
         save_npz(self.ckpt_path(stage), arrays)
 
-    def load_done(self, stage, model):
-        """If ``stage`` finished in an earlier (resumed) run, load its final parameters into
-        ``model`` and return its result; else None."""
+    def restore(self, stage):
+        """The stage's checkpoint, read, when resuming and there is one; else None. The one
+        place a checkpoint is read (``fit`` and ``load_done`` go through it)."""
         path = self.ckpt_path(stage)
         if not (self.resume and os.path.exists(path)):
             return None
         arrays = load_npz(path)
-        meta = json.loads(str(arrays["meta"]))
-        if not meta["state"]["done"]:
+        meta = json.loads(str(arrays.pop("meta")))
+        pick = lambda pre: {k[len(pre):]: v for k, v in arrays.items() if k.startswith(pre)}
+        return Restored(path, meta, pick("param/"), pick("vel/"), pick("best/"))
+
+    def _repair_done(self, stage, model, ck):
+        """A done stage: its final parameters into ``model``; its weights file and metrics
+        lines rewritten from the checkpoint where missing or different."""
+        model.load_params(ck.final_params())
+        self.log.sync_stage(stage, ck.state["history"])
+        self.echo(f"[{stage}] done in an earlier run (checkpoint {ck.path})")
+        w = self.weights_path(stage)
+        ok, existed = False, os.path.exists(w)
+        if existed:
+            try:
+                have = load_npz(w)
+                want = model.state_dict()
+                ok = (sorted(have) == sorted(want)
+                      and all(np.array_equal(have[k], want[k]) for k in want))
+            except Exception:  # noqa: BLE001 - unreadable, truncated, not an npz: rewrite
+                ok = False
+        if not ok:
+            model.save(w)
+            self.echo(f"[{stage}] repaired: wrote {w} from its checkpoint "
+                      f"({'it differed' if existed else 'it was missing'})")
+
+    def load_done(self, stage, model, sgd=None):
+        """If ``stage`` finished in an earlier (resumed) run -- and ``sgd`` (when given) does
+        not extend it -- load its final parameters into ``model``, repair its files and return
+        its result; else None."""
+        ck = self.restore(stage)
+        if ck is None or not ck.done or (sgd is not None and ck.extendable(sgd.epochs)):
             return None
-        model.load_params({k[6:]: v for k, v in arrays.items() if k.startswith("param/")})
-        self.echo(f"[{stage}] done in an earlier run (checkpoint {path})")
-        return meta["state"]["result"]
+        self._repair_done(stage, model, ck)
+        return ck.state["result"]
 
     # ------------------------------------------------------------------------- fit
     def fit(self, stage, model, kind, x_train, y_train, sgd, seed, x_val=None, y_val=None,
@@ -233,35 +414,71 @@ class Trainer:
         if n == 0:
             raise ValueError(f"stage {stage}: no training images")
         rng = np.random.default_rng(stage_seed(seed, stage))
-        state = {"epoch": 0, "history": [], "best": None, "best_epoch": 0, "bad_epochs": 0,
-                 "train_time_s": 0.0, "done": False, "result": None}
+        state = _new_state()
         best_params = None
-        path = self.ckpt_path(stage)
-        if self.resume and os.path.exists(path):
-            arrays = load_npz(path)
-            meta = json.loads(str(arrays["meta"]))
-            model.load_params({k[6:]: v for k, v in arrays.items() if k.startswith("param/")})
-            model.load_velocity({k[4:]: v for k, v in arrays.items() if k.startswith("vel/")})
-            best = {k[5:]: v for k, v in arrays.items() if k.startswith("best/")}
-            best_params = best or None
-            rng.bit_generator.state = meta["rng"]
-            if "model_rng" in meta and getattr(model, "rng", None) is not None:
-                model.rng.bit_generator.state = meta["model_rng"]
-            state = meta["state"]
+        ck = self.restore(stage)
+        if ck is not None:
+            if ck.done and not ck.extendable(sgd.epochs):
+                self._repair_done(stage, model, ck)
+                return ck.state["result"]
+            if "sgd" in ck.meta:
+                asked, sgd = sgd, sgd.resumed(ck.meta["sgd"])
+                if sgd.lr != asked.lr:
+                    self.echo(f"[{stage}] keeps the learning rate it started with, {sgd.lr:g} "
+                              f"(not {asked.lr:g}: a new one applies to stages not started yet)")
+            state = dict(_new_state(), **ck.state)
+            if state["epoch"] > sgd.epochs:
+                raise ValueError(f"stage {stage} already trained {state['epoch']} epochs, more "
+                                 f"than the {sgd.epochs} asked for")
+            model.load_params(ck.params)
+            model.load_velocity(ck.velocity)
+            best_params = ck.best or None
+            rng.bit_generator.state = ck.meta["rng"]
+            if "model_rng" in ck.meta and getattr(model, "rng", None) is not None:
+                model.rng.bit_generator.state = ck.meta["model_rng"]
             self.log.sync_stage(stage, state["history"])
-            if state["done"]:
-                self.echo(f"[{stage}] done in an earlier run (checkpoint {path})")
-                return state["result"]
-            self.echo(f"[{stage}] resuming after epoch {state['epoch']} (checkpoint {path})")
+            if ck.done:
+                state.update(done=False, result=None)
+                self.echo(f"[{stage}] finished after {state['epoch']} epochs in an earlier run; "
+                          f"extending it to {sgd.epochs} (checkpoint {ck.path})")
+            else:
+                self.echo(f"[{stage}] resuming after epoch {state['epoch']} "
+                          f"(checkpoint {ck.path})")
         else:
             self.log.sync_stage(stage, [])
+        try:
+            return self._train(stage, model, kind, x_train, y_train, sgd, rng, state,
+                               best_params, x_val, y_val, final_eval, info)
+        except Diverged:
+            if os.path.exists(self.ckpt_path(stage)):     # start afresh on resume, keep a copy
+                os.replace(self.ckpt_path(stage), self.diverged_path(stage))
+            raise
 
+    def _reference_loss(self, kind, model, x_train, state):
+        """The divergence rule's reference (module docstring): chance level for a CNN, the
+        starting loss for a CAE (measured once, before the first update)."""
+        if kind == "cnn":
+            return math.log(max(2, int(getattr(model, "n_classes", 2))))
+        if state.get("start_loss") is None:
+            if state["epoch"] == 0:
+                state["start_loss"] = evaluate_reconstruction(
+                    self.be, model, x_train[:REFERENCE_IMAGES], self.eval_batch)[0]
+            elif state["history"]:          # a format-1 checkpoint: its first epoch's loss
+                state["start_loss"] = state["history"][0]["train_loss"]
+        return state["start_loss"]
+
+    def _train(self, stage, model, kind, x_train, y_train, sgd, rng, state, best_params,
+               x_val, y_val, final_eval, info):
+        be = self.be
+        n = len(x_train)
+        ref = self._reference_loss(kind, model, x_train, state)
         has_val = x_val is not None and len(x_val) > 0
         bs = max(1, int(sgd.batch_size))
+        min_batches = min(DIVERGENCE_MIN_BATCHES, -(-n // bs))
         for epoch in range(state["epoch"], sgd.epochs):
             lr = sgd.lr_at(epoch)
             perm = rng.permutation(n)
-            loss_sum = 0.0
+            loss_sum, seen, batches = 0.0, 0, 0
             t0 = time.perf_counter()
             bar = _bar(n, f"{stage} {epoch + 1}/{sgd.epochs}", self.progress)
             try:
@@ -274,11 +491,21 @@ class Trainer:
                     else:
                         loss = model.train_step(xb, lr, sgd.momentum)
                     if not math.isfinite(loss):
-                        raise TrainingError(
-                            f"stage {stage}: the training loss became {loss} in epoch {epoch + 1} "
-                            f"(lr {lr:g}, momentum {sgd.momentum:g}, batch {bs}); training "
-                            f"diverged: lower the learning rate")
+                        raise Diverged(stage, kind, epoch + 1, sgd.lr,
+                                       f"the loss of mini-batch {batches + 1} became {loss} "
+                                       f"(lr this epoch {lr:g}, momentum {sgd.momentum:g}, "
+                                       f"batch {bs})")
                     loss_sum += loss * len(idx)
+                    seen += len(idx)
+                    batches += 1
+                    if (ref is not None and batches >= min_batches
+                            and loss_sum / seen > DIVERGENCE_FACTOR * ref):
+                        what = (f"chance level, ln({round(math.exp(ref))}) = {ref:.4g}"
+                                if kind == "cnn" else f"its loss at initialisation, {ref:.4g}")
+                        raise Diverged(stage, kind, epoch + 1, sgd.lr,
+                                       f"the mean training loss of its first {batches} "
+                                       f"mini-batches is {loss_sum / seen:.4g}, more than "
+                                       f"{DIVERGENCE_FACTOR:g} x {what}")
                     if bar is not None:
                         bar.update(len(idx))
                         bar.set_postfix_str(f"loss {loss:.4f}", refresh=False)
@@ -312,38 +539,46 @@ class Trainer:
                     state["bad_epochs"] += 1
                     stop = bool(sgd.patience) and state["bad_epochs"] >= sgd.patience
             state["epoch"] = epoch + 1
+            state["stopped_early"] = stop
             state["history"].append(rec)
             last = stop or epoch + 1 == sgd.epochs
-            if last:
-                self._finish(stage, model, state, best_params, final_eval)
-            self._save_ckpt(stage, model, rng, state, best_params)
+            params, velocity = model.state_dict(), model.velocity_dict()
+            self._save_ckpt(stage, kind, sgd, params, velocity, rng, model, state, best_params)
             self.log.append(rec)
             self.echo(_summary(rec, state, stop))
             if last:
-                model.save(self.weights_path(stage))
+                self._finish(stage, kind, sgd, model, rng, state, params, velocity,
+                             best_params, final_eval)
             self.epochs_run += 1
             if self.stop_after_epochs and self.epochs_run >= self.stop_after_epochs:
                 raise Interrupted(f"stopped after {self.epochs_run} epoch(s) as asked")
             if last:
                 break
-        else:   # zero epochs asked for, or resumed exactly at the end
+        else:   # zero epochs asked for, or resumed after the last epoch's checkpoint
             if not state["done"]:
-                self._finish(stage, model, state, best_params, final_eval)
-                self._save_ckpt(stage, model, rng, state, best_params)
-                model.save(self.weights_path(stage))
+                self._finish(stage, kind, sgd, model, rng, state, model.state_dict(),
+                             model.velocity_dict(), best_params, final_eval)
         return state["result"]
 
-    def _finish(self, stage, model, state, best_params, final_eval):
+    def _finish(self, stage, kind, sgd, model, rng, state, params, velocity, best_params,
+                final_eval):
+        """Stage completion (module docstring): final parameters, result, weights file, and
+        the done checkpoint last. ``params``/``velocity``: the last epoch's, kept in the
+        checkpoint so that more epochs can continue from them."""
         if best_params is not None and state["best_epoch"] != state["epoch"]:
             model.load_params(best_params)
         result = {"stage": stage, "epochs": state["epoch"], "best_epoch": state["best_epoch"],
-                  "best_val": state["best"], "train_time_s": round(state["train_time_s"], 3)}
+                  "best_val": state["best"], "train_time_s": round(state["train_time_s"], 3),
+                  "lr": sgd.lr}
         if state["history"]:
             result["final_train_loss"] = state["history"][-1]["train_loss"]
         if final_eval is not None:
             result.update(final_eval(model))
+        model.save(self.weights_path(stage))
         state["done"] = True
         state["result"] = result
+        self._save_ckpt(stage, kind, sgd, params, velocity, rng, model, state, best_params)
+        self.stages_finished += 1
 
 
 def _bar(n, desc, enabled):

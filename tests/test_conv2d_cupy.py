@@ -148,8 +148,15 @@ def test_tiled_splits_batches_beyond_grid_z(be, monkeypatch):
 
 
 def test_int32_overflow_is_refused():
-    with pytest.raises(ValueError, match=r"y has 2147483648 elements.*split the batch"):
-        cupy_backend._check_int32(y=2**31)
+    with pytest.raises(ValueError, match=r"y has 2147483648 elements.*split the batch \(N = 8\)"):
+        cupy_backend._check_int32(8, y=2**31)
+    # one image too large: splitting the batch cannot help, and the message must not say so
+    for n, size in ((1, 2**31), (2, 2**33)):
+        with pytest.raises(ValueError, match="even one image is too large") as e:
+            cupy_backend._check_int32(n, y=size)
+        assert "split" not in str(e.value)
+    with pytest.raises(ValueError, match="even one image"):
+        cupy_backend._check_int32(4, w=2**31)     # the filters do not shrink with the batch
 
 
 def test_emulated_backend_is_numpy_based():

@@ -177,6 +177,26 @@ def test_another_datasets_folder_is_skipped(monkeypatch, tmp_path):
     assert resolve_data_dir("fashion-mnist") == tmp_path / "cache" / "scae-np" / "fashion-mnist"
 
 
+def test_another_datasets_files_given_as_data_dir_are_named_not_missing(monkeypatch, tmp_path):
+    """Fashion-MNIST files passed as mnist (--data-dir or $SCAE_NP_DATA_DIR): the error says
+    what they are (by the md5 of the labels file) instead of calling the mnist files missing,
+    and nothing is downloaded."""
+    m = write_idx_set(tmp_path / "unused-mnist", seed=4)
+    f = write_idx_set(tmp_path / "fashion", seed=5)
+    accept(monkeypatch, "mnist", m)
+    accept(monkeypatch, "fashion-mnist", f)
+    for download in (False, True):
+        with pytest.raises(DataError, match=r"holds the fashion-mnist files, not the mnist ones"
+                                            r".*--data-dir") as e:
+            load_dataset("mnist", tmp_path / "fashion", download=download)
+        assert "missing" not in str(e.value)
+    monkeypatch.setenv(D.ENV_VAR, str(tmp_path / "fashion"))
+    with pytest.raises(DataError, match=r"fashion-mnist files.*\$SCAE_NP_DATA_DIR"):
+        load_dataset("mnist", download=False)
+    assert load_dataset("fashion-mnist", tmp_path / "fashion", download=False).train_x.shape[0] \
+        == N_TRAIN
+
+
 def test_unknown_dataset_name():
     with pytest.raises(ValueError, match="unknown dataset 'svhn'"):
         load_dataset("svhn")

@@ -130,3 +130,74 @@ def test_failed_save_leaves_no_partial_file(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="disk full"):
         F.filter_grid(np.ones((2, 1, 3, 3)), tmp_path / "f.png")
     only(tmp_path)
+
+
+# ------------------------------------------------------------------------------ embeddings
+
+def test_pca_projection_finds_the_main_direction_with_a_fixed_sign():
+    rng = np.random.default_rng(4)
+    t = rng.standard_normal(200)
+    direction = np.array([3.0, -1.0, 0.5, 0.0, 2.0])
+    z = t[:, None] * direction + 0.01 * rng.standard_normal((200, 5)) + 7.0
+    xy, method = F.project_2d(z, method="pca")
+    assert method == "pca" and xy.shape == (200, 2)
+    assert abs(np.corrcoef(xy[:, 0], t)[0, 1]) > 0.999          # component 1 = the line
+    assert xy[:, 0].var() > 1e4 * xy[:, 1].var()
+    np.testing.assert_allclose(xy.mean(axis=0), 0, atol=1e-9)    # centred
+    assert np.corrcoef(xy[:, 0], t)[0, 1] > 0                    # largest loading (3.0) positive
+    flipped, _ = F.project_2d(-z, method="pca")                  # the same picture, sign fixed
+    np.testing.assert_allclose(np.abs(flipped), np.abs(xy), atol=1e-9)
+    one_d, _ = F.project_2d(z[:, :1], method="pca")              # 1 feature: second axis 0
+    assert one_d.shape == (200, 2) and not one_d[:, 1].any()
+    with pytest.raises(ValueError, match="method"):
+        F.project_2d(z, method="umap")
+    with pytest.raises(ValueError, match="at least 2"):
+        F.project_2d(z[:1])
+
+
+def test_tsne_projection_keeps_clusters_apart():
+    pytest.importorskip("sklearn", reason="t-SNE is the optional 'embed' extra")
+    rng = np.random.default_rng(5)
+    y = np.repeat(np.arange(3), 40)
+    z = rng.standard_normal((120, 30)) * 0.1 + np.eye(3, 30)[y] * 5
+    xy, method = F.project_2d(z, method="tsne")
+    assert method == "tsne" and xy.shape == (120, 2) and np.isfinite(xy).all()
+    assert F.nearest_neighbour_accuracy(xy, y) == 1.0
+    assert F.project_2d(z)[1] == "tsne"                         # auto picks it when installed
+
+
+def test_auto_projection_falls_back_to_pca_without_sklearn(monkeypatch):
+    import builtins
+    real = builtins.__import__
+
+    def no_sklearn(name, *a, **k):
+        if name.startswith("sklearn"):
+            raise ImportError("No module named 'sklearn' (test)")
+        return real(name, *a, **k)
+    monkeypatch.setattr(builtins, "__import__", no_sklearn)
+    z = np.random.default_rng(6).standard_normal((30, 4))
+    assert F.project_2d(z)[1] == "pca"
+    with pytest.raises(ImportError, match=r"\.\[embed\]"):
+        F.project_2d(z, method="tsne")
+
+
+def test_nearest_neighbour_accuracy():
+    z = np.array([[0.0], [0.1], [5.0], [5.2], [10.0]])
+    assert F.nearest_neighbour_accuracy(z, [0, 0, 1, 1, 0]) == 4 / 5   # 10.0: nearest is 5.2
+    assert F.nearest_neighbour_accuracy(z, [0, 1, 0, 1, 0]) == 0.0
+
+
+def test_embedding_figure_png(tmp_path):
+    rng = np.random.default_rng(7)
+    y = rng.integers(0, 10, 90)
+    panels = [("random filters", rng.standard_normal((90, 2))),
+              ("trained CAE stack", rng.standard_normal((90, 2)))]
+    one = read_png(F.embedding_figure(panels[:1], y, tmp_path / "one.png"))
+    two = read_png(F.embedding_figure(panels, y, tmp_path / "emb.png", title="codes",
+                                      class_names=[str(i) for i in range(10)]))
+    assert two.shape[1] > 1.5 * one.shape[1]
+    with pytest.raises(ValueError, match=r"must be \(90, 2\)"):
+        F.embedding_figure([("bad", np.zeros((90, 3)))], y, tmp_path / "bad.png")
+    with pytest.raises(ValueError, match="at least one"):
+        F.embedding_figure([], y, tmp_path / "none.png")
+    only(tmp_path, "one.png", "emb.png")

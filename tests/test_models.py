@@ -176,6 +176,15 @@ def test_cnn_bad_shapes(be, rng):
         CAE(be, noise=1.0)
 
 
+def test_fractional_sizes_are_refused_not_truncated(be):
+    with pytest.raises(ValueError, match=r"input_hw must hold whole numbers, got \(8.7, 8.2\)"):
+        CNN(be, input_hw=(8.7, 8.2), maps=(2,), kernels=(3,), pools=(1,), hidden=0)
+    with pytest.raises(ValueError, match="kernels must hold whole numbers"):
+        CNN(be, input_hw=(12, 12), maps=(2,), kernels=(2.5,), pools=(1,), hidden=0)
+    cnn = CNN(be, input_hw=(12.0, np.int64(12)), maps=(2,), kernels=(3,), pools=(1,), hidden=0)
+    assert cnn.input_hw == (12, 12)
+
+
 def test_stack_initialises_the_cnn(be, rng):
     kw = dict(maps=(4, 5, 6), kernels=(5, 5, 3))
     stack = CAEStack(be, in_channels=1, pools=(2, 2, 2), seed=3, **kw)

@@ -326,7 +326,8 @@ def test_default_backend_falls_back_to_numpy():
 
 
 # ------------------------------------------------------------------ emulated backends
-BOOT = textwrap.dedent("""
+#: the first lines of a bootstrap: make scae_np.data accept the tiny files (md5s in argv[1])
+BOOT_ACCEPT = textwrap.dedent("""
     import dataclasses, json, sys
     from scae_np import data as D
     spec = D.SPECS["mnist"]
@@ -334,9 +335,8 @@ BOOT = textwrap.dedent("""
     D.SPECS["mnist"] = dataclasses.replace(
         spec, files=tuple((f, (md5s[f],)) for f in spec.file_names), n_train={n_train},
         n_test={n_test})
-    from scae_np.run import main
-    sys.exit(main(sys.argv[2:]))
 """).format(n_train=N_TRAIN, n_test=N_TEST)
+BOOT = BOOT_ACCEPT + "from scae_np.run import main\nsys.exit(main(sys.argv[2:]))\n"
 
 # The smallest run that still goes through every op of the backend: a 2-layer CAE stack
 # (conv, pool with switches, unpool, the tied decoder) and the CNN it initialises.

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from kernels import get_backend
-from scae_np.models import CNN, load_npz
-from scae_np.train import SGD, Trainer, TrainingError
+from scae_np.models import CAE, CNN, load_npz
+from scae_np.train import SGD, Diverged, Trainer, TrainingError
 
 
 class Scripted(CNN):
@@ -61,5 +61,59 @@ def test_a_diverging_loss_stops_with_advice(tmp_path):
     model = Scripted(be, [1.0], n_batches=2)
     model.train_step = lambda *a, **k: float("nan")
     tr = Trainer(be, str(tmp_path), progress=False, echo=lambda m: None)
-    with pytest.raises(TrainingError, match="diverged: lower the learning rate"):
+    with pytest.raises(TrainingError, match="training diverged in epoch 1: the loss of mini-batch 1 became nan.*lower the learning rate"):
         tr.fit("d", model, "cnn", x, y, SGD(lr=0.1, epochs=3, batch_size=4), seed=0)
+
+
+class Losses(Scripted):
+    """A scripted CNN whose training loss per mini-batch follows ``losses``."""
+
+    def __init__(self, be, losses):
+        super().__init__(be, [1.0] * 10, n_batches=2)
+        self.losses = list(losses)
+
+    def train_step(self, x, y, lr, momentum=0.0):
+        super().train_step(x, y, lr, momentum)
+        return self.losses[self.steps - 1]
+
+
+@pytest.mark.parametrize("losses,diverges", [
+    ([13.0, 13.8, 13.0, 13.8], False),        # at most 10 x ln(4) = 13.86: never
+    ([2.0, 30.0, 1.0, 1.0], True),            # the epoch's mean 16 > 13.86 after 2 batches
+    ([1.0, 1.0, 2.0, 60.0], True),            # epoch 2: (2 + 60) / 2 = 31
+    ([1.0, 1.0, 1e33, 1.0], True),            # --lr 1e30's losses
+    ([1.0, float("inf"), 1.0, 1.0], True),    # not finite
+])
+def test_divergence_rule_cnn_chance_level(tmp_path, losses, diverges):
+    """CNN rule: the running epoch loss above 10 x ln(classes) (4 classes here)."""
+    be = get_backend("numpy")
+    x = np.zeros((8, 1, 6, 6), np.float32)
+    y = np.zeros(8, np.int64)
+    tr = Trainer(be, str(tmp_path), progress=False, echo=lambda m: None)
+    fit = lambda: tr.fit("s", Losses(be, losses), "cnn", x, y,
+                         SGD(lr=0.5, epochs=2, batch_size=4), seed=0)
+    if diverges:
+        with pytest.raises(Diverged, match="training diverged") as e:
+            fit()
+        assert e.value.stage == "s" and e.value.kind == "cnn" and e.value.lr == 0.5
+    else:
+        assert fit()["epochs"] == 2
+
+
+def test_divergence_rule_never_fires_on_a_healthy_cae_with_a_tiny_loss(tmp_path):
+    """A CAE whose inputs (and so losses, ~1e-7) are tiny trains without the ratio rule firing,
+    while the same CAE pushed by a huge rate is stopped."""
+    be = get_backend("numpy")
+    rng = np.random.default_rng(0)
+    x = (rng.random((40, 2, 10, 10)) * 1e-3).astype(np.float32)
+    for lr, diverges in ((0.05, False), (1e7, True)):
+        cae = CAE(be, 2, 3, 3, pool=2, output="tanh", seed=1)
+        tr = Trainer(be, str(tmp_path / str(lr)), progress=False, echo=lambda m: None)
+        fit = lambda: tr.fit("c", cae, "cae", x, None, SGD(lr=lr, epochs=3, batch_size=4,
+                                                          momentum=0.9), seed=0)
+        if diverges:
+            with pytest.raises(Diverged, match="its loss at initialisation"):
+                fit()
+        else:
+            res = fit()
+            assert res["epochs"] == 3 and res["final_train_loss"] < 1e-5

@@ -344,6 +344,11 @@ _lock = threading.Lock()
 _loaded = {}
 
 
+def _read(path, mode):
+    with open(path, mode) as f:
+        return f.read()
+
+
 def build(src, filename="<string>", asan=None):
     """Compile ``src`` (CUDA C) into a cached shared library; return (path, kernels)."""
     asan = asan_enabled(asan)
@@ -353,11 +358,11 @@ def build(src, filename="<string>", asan=None):
     full = f'#line 1 "{filename}"\n{code}{_wrappers(kernels)}'
     flags = ASAN_FLAGS if asan else FLAGS
     h = hashlib.sha256()
-    for part in (full, open(HEADER).read(), " ".join(flags), _compiler_id()):
+    for part in (full, _read(HEADER, "r"), " ".join(flags), _compiler_id()):
         h.update(part.encode())
         h.update(b"\0")
     for fn in sorted(os.listdir(INCLUDE)):
-        h.update(open(os.path.join(INCLUDE, fn), "rb").read())
+        h.update(_read(os.path.join(INCLUDE, fn), "rb"))
     base = os.path.splitext(os.path.basename(filename))[0] or "module"
     base = re.sub(r"[^\w.-]", "_", base)
     out = os.path.join(cache_dir(), f"{base}-{h.hexdigest()[:20]}{'-asan' if asan else ''}.so")

@@ -3,8 +3,10 @@
 // Forward:   y[n,c,i,j] = max over the k x k window (rows i*k .. i*k+k-1, cols j*k .. j*k+k-1)
 //            switches[n,c,i,j] = h*W + v of that maximum (int32 flat index in its input plane,
 //            PyTorch's return_indices); ties go to the FIRST maximum in row-major window order
-//            (the scan only replaces on a strictly larger value). x (N,C,H,W) -> y, switches
-//            (N,C,H//k,W//k): non-overlapping windows, stride k, remainder rows/cols dropped.
+//            (the scan only replaces on a value that beats the running maximum). NaN counts as
+//            the largest value: a window holding a NaN pools to NaN, switch at its first NaN.
+//            x (N,C,H,W) -> y, switches (N,C,H//k,W//k): non-overlapping windows, stride k,
+//            remainder rows/cols dropped.
 // Backward:  dx (N,C,H,W) = dy placed at the switches, zeros elsewhere.
 // Reference: kernels/pool2d/numpy_ops.py. Launch code: kernels/cupy_backend.py.
 //
@@ -24,7 +26,10 @@
 // pools (H, W) to (OH, OW) lies in [kmin, kmax], computed on the host, so the gather thread
 // checks the windows h/kmax .. h/kmin (one window in every normal case, kmin == kmax).
 // Gather assumes each switch lies in its own window, which holds for switches made by the
-// forward pass.
+// forward pass; a switch outside the windows it scans is dropped (see the contract,
+// kernels/contract.py, for every version's behaviour on illegal switches). Out-of-range
+// switches (< 0 or >= H*W) are refused on the host where arrays are host arrays (emulator);
+// on a GPU nothing checks them, so the scatter skips them rather than write out of bounds.
 
 typedef float real;
 
@@ -44,7 +49,9 @@ extern "C" __global__ void maxpool2d_forward_naive(real* __restrict__ y, int* __
         for (int q = 0; q < K; ++q) {
             const int s = (i * K + p) * W + j * K + q;
             const real v = xp[s];
-            if (v > best) { best = v; arg = s; }   // strict: the first maximum wins ties
+            // beats: strictly larger, or NaN over a number (v != v is isnan without <cmath>,
+            // exact as long as nothing compiles with fast-math); the first maximum wins ties
+            if (v > best || (v != v && best == best)) { best = v; arg = s; }
         }
     y[idx] = best;
     sw[idx] = arg;
@@ -60,7 +67,9 @@ extern "C" __global__ void maxpool2d_backward_naive(real* __restrict__ dx,
     const int idx = blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= N * C * OH * OW) return;
     const int plane = idx / (OH * OW);
-    dx[(size_t)plane * H * W + sw[idx]] = dy[idx];
+    const int s = sw[idx];
+    if (s < 0 || s >= H * W) return;           // unchecked on a GPU: skip, never write outside
+    dx[(size_t)plane * H * W + s] = dy[idx];
 }
 
 // ----------------------------------------------------------------------- backward: gather

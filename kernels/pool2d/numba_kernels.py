@@ -3,7 +3,8 @@ translation of ``kernels/pool2d/maxpool2d.cu`` and ``kernels/pool2d/unpool2d.cu`
 
 Versions (ladder order; the CUDA C files carry the same names and thread mappings):
 
-maxpool2d_forward   naive   thread per output; row-major scan, strict '>' (ties: first); int32 h*W+w
+maxpool2d_forward   naive   thread per output; row-major scan, replace only on a value that beats
+                            (larger, or NaN over a number: first max / first NaN wins); int32 h*W+w
 maxpool2d_backward  naive   scatter: thread per dy value into a zeroed dx (windows never overlap)
 maxpool2d_backward  gather  thread per dx pixel reads its window's switch (Caffe): no memset/atomics
 unpool2d_forward    naive   scatter: the body of maxpool2d_backward naive (one op, per the contract)
@@ -22,6 +23,10 @@ the launcher computes the range [kmin, kmax] of such k (``k_range``) and each th
 the windows (h//kmax .. h//kmin) x (v//kmax .. v//kmin) -- one window when k is unique, a
 handful otherwise. The gather therefore needs switches that lie inside their own window, as
 ``maxpool2d_forward`` returns them (the scatter takes any in-range switches).
+
+Illegal switches (the contract, kernels/contract.py, has the table): out-of-range ones are
+refused on the host in the simulator; on a GPU nothing checks them, so the scatters skip them
+and ``unpool2d_backward`` reads them as 0 -- never an access outside the plane.
 
 Reading guide (numba here, CUDA C in the .cu files): ``cuda.grid(1)`` is
 ``blockIdx.x*blockDim.x + threadIdx.x``; ``x[n, c, h, v]`` replaces the flat offset
@@ -51,8 +56,10 @@ def maxpool2d_forward_naive(y, sw, x, k):
     """naive: one thread per output (n,c,i,j) scans its k*k window (thread idx ->
     y.flat[idx], sw.flat[idx]).
 
-    Plan: row-major scan, replace only on a strictly larger value (so ties go to the first
-    maximum in row-major window order, like the NumPy reference); write the maximum and its
+    Plan: row-major scan, replace only on a value that beats the running maximum: strictly
+    larger, or NaN over a number (``val != val`` is isnan). So ties go to the first maximum
+    in row-major window order and a window holding a NaN pools to its first NaN, like the
+    NumPy reference (and the CUDA C kernel); write the maximum and its
     flat in-plane index h*W + v as int32. Each x value is read by exactly one thread: one
     pass over x, memory-bound, nothing to tile. Constraints: grid (ceil(N*C*OH*OW / 256)),
     block (256); remainder rows/columns (H % k, W % k) are never read.
@@ -71,7 +78,7 @@ def maxpool2d_forward_naive(y, sw, x, k):
     for p in range(k):
         for q in range(k):
             val = x[n, c, i * k + p, j * k + q]
-            if val > best:                       # strict: the first maximum wins ties
+            if val > best or (val != val and best == best):   # beats; first one wins ties
                 best = val
                 arg = (i * k + p) * W + j * k + q
     y[n, c, i, j] = best
@@ -106,6 +113,8 @@ def maxpool2d_backward_naive(dx, dy, sw):
     c = (idx // (OW * OH)) % C
     n = idx // (OW * OH * C)
     s = sw[n, c, i, j]
+    if s < 0 or s >= dx.shape[2] * W:           # unchecked on a GPU: skip, never write outside
+        return
     dx[n, c, s // W, s % W] = dy[n, c, i, j]
 
 
@@ -195,7 +204,10 @@ def unpool2d_backward_naive(dy, dx, sw):
     c = (idx // (OW * OH)) % C
     n = idx // (OW * OH * C)
     s = sw[n, c, i, j]
-    dy[n, c, i, j] = dx[n, c, s // W, s % W]
+    if s < 0 or s >= dx.shape[2] * W:           # unchecked on a GPU: read as 0, never outside
+        dy[n, c, i, j] = float32(0)
+    else:
+        dy[n, c, i, j] = dx[n, c, s // W, s % W]
 
 
 def launch_unpool2d_backward_naive(rt, dx, sw):

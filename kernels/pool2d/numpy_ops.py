@@ -4,18 +4,29 @@ Versions, ladder order (see ``kernels/contract.py`` for the contract):
 
 * ``naive`` -- explicit loops, written to be read: the definition every other version is
   tested against. Ties go to the first maximum in row-major window order because the scan
-  only replaces the running maximum on a strictly larger value.
+  only replaces the running maximum on a value that beats it (``_beats``: strictly larger,
+  or NaN over a number -- NaN counts as the largest value, so the first NaN wins).
 * ``argmax`` -- the k x k windows copied to (N,C,OH,OW,k*k), ``argmax`` over the last axis
-  (first maximum wins, the same tie rule), and ``put``/``take_along_axis`` along each plane
+  (first maximum wins, the same tie rule; NumPy's argmax also returns the first NaN), and ``put``/``take_along_axis`` along each plane
   for the switch-driven ops. Simple; the window copy and the argmax over a tiny axis are slow.
 * ``fast`` (default) -- no window copy: the maximum by ``np.maximum`` over strided views
   (rows, then columns), the switch by equality with the maximum scanned in row-major
   order; flat ``put``/``take`` for the switch-driven ops; cache-sized batch tasks on all
-  cores. ``bench/bench_pool2d.py`` times every version at the paper's shapes.
+  cores. ``np.maximum`` propagates NaN into y, but the equality scan cannot find a NaN, so
+  windows whose maximum is NaN (found by one ``isnan`` over y, the pooled size) get their
+  switch from a slow path pointed at their first NaN (``_nan_switches``): NaN-free input pays
+  one ``isnan`` pass. ``bench/bench_pool2d.py`` times every version at the paper's shapes.
+
+NaN and infinities (the contract, kernels/contract.py): NaN is the largest value, so a window
+holding a NaN pools to NaN and its switch points at the window's first NaN in row-major
+order; +-Inf are ordinary values (a window of -Inf pools to -Inf, switch at its first entry).
 
 Switches are int32 flat in-plane indices ``h*W + w`` (PyTorch's ``return_indices``).
 ``maxpool2d_backward`` and ``unpool2d_forward`` are the same scatter; ``unpool2d_backward``
 is the matching gather. Windows never overlap, so no two values land on one pixel.
+Illegal switches (in range but outside their own window, or duplicated; see the contract):
+every NumPy version puts each value where its switch points, and for a duplicated switch the
+last pooled position in row-major order wins (a plain assignment, as ``np.put`` does).
 """
 from __future__ import annotations
 
@@ -28,6 +39,12 @@ POOL_TASK_BYTES = 4 << 20
 
 
 # ============================================================================ naive
+def _beats(v, best):
+    """True if ``v`` replaces the running maximum ``best``: larger, or NaN over a number
+    (NaN is the largest value; between NaNs, as between equal values, the first one stays)."""
+    return v > best or (v != v and best == best)
+
+
 def maxpool2d_forward_naive(x, k):
     n_, c_, h, wd = x.shape
     oh, ow = h // k, wd // k
@@ -42,7 +59,7 @@ def maxpool2d_forward_naive(x, k):
                         for q in range(k):
                             hh, vv = i * k + p, j * k + q
                             v = x[n, c, hh, vv]
-                            if best is None or v > best:
+                            if best is None or _beats(v, best):
                                 best, arg = v, hh * wd + vv
                     y[n, c, i, j] = best
                     sw[n, c, i, j] = arg
@@ -58,7 +75,7 @@ def maxpool2d_backward_naive(dy, switches, input_hw):
             for i in range(oh):
                 for j in range(ow):
                     s = int(switches[n, c, i, j])
-                    dx[n, c, s // wd, s % wd] += dy[n, c, i, j]
+                    dx[n, c, s // wd, s % wd] = dy[n, c, i, j]   # last one wins
     return dx
 
 
@@ -155,6 +172,22 @@ def _maxpool_slice(x, k, y, sw):
             missing &= hit
     sw += (np.arange(oh, dtype=np.int32).reshape(oh, 1) * np.int32(k * wd)
            + np.arange(ow, dtype=np.int32) * np.int32(k))      # window origin i*k*W + j*k
+    _nan_switches(x, k, y, sw)
+
+
+def _nan_switches(x, k, y, sw):
+    """Point the switch of every window whose maximum is NaN at its first NaN (row-major):
+    the comparisons above never find a NaN. One ``isnan`` over y when there is none."""
+    nan = np.isnan(y)
+    if not nan.any():
+        return
+    n, c, i, j = np.nonzero(nan)
+    p, q = np.divmod(np.arange(k * k), k)                       # window positions, row-major
+    rows = i[:, None] * k + p                                   # (windows, k*k)
+    cols = j[:, None] * k + q
+    first = np.argmax(np.isnan(x[n[:, None], c[:, None], rows, cols]), axis=1)
+    pick = np.arange(len(first))
+    sw[n, c, i, j] = (rows[pick, first] * x.shape[3] + cols[pick, first]).astype(np.int32)
 
 
 def _maxpool2x2_slice(x, y, sw):
@@ -179,12 +212,14 @@ def _maxpool2x2_slice(x, y, sw):
     sw += right_top
     sw += (np.arange(oh, dtype=np.int32).reshape(oh, 1) * np.int32(2 * wd)
            + np.arange(ow, dtype=np.int32) * np.int32(2))      # window origin 2i*W + 2j
+    _nan_switches(x, 2, y, sw)
 
 
 def maxpool2d_forward_fast(x, k):
     """Max by two passes of ``np.maximum`` on strided views (rows, then columns); switch
     by equality with the max, scanning window positions in row-major order so the first
-    maximum wins ties (the naive rule). NaN: y is NaN where a window holds a NaN."""
+    maximum wins ties (the naive rule). NaN: y is NaN where a window holds a NaN, and its
+    switch points at the window's first NaN (``_nan_switches``)."""
     n_, c_, h, wd = x.shape
     oh, ow = h // k, wd // k
     y = np.empty((n_, c_, oh, ow), dtype=x.dtype)

@@ -18,6 +18,8 @@
 //
 // As in maxpool2d.cu, the window size k is not passed; [KMIN, KMAX] brackets every k that
 // pools (H, W) to (OH, OW), and the gather assumes each switch lies in its own window.
+// Out-of-range switches (unchecked on a GPU) are skipped by the scatter and read as 0 by the
+// backward gather, never an access outside the plane.
 
 typedef float real;
 
@@ -30,7 +32,9 @@ extern "C" __global__ void unpool2d_forward_naive(real* __restrict__ x, const re
     const int idx = blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= N * C * OH * OW) return;
     const int plane = idx / (OH * OW);
-    x[(size_t)plane * H * W + sw[idx]] = y[idx];
+    const int s = sw[idx];
+    if (s < 0 || s >= H * W) return;           // unchecked on a GPU: skip, never write outside
+    x[(size_t)plane * H * W + s] = y[idx];
 }
 
 // ------------------------------------------------------------------------ forward: gather
@@ -61,5 +65,6 @@ extern "C" __global__ void unpool2d_backward_naive(real* __restrict__ dy,
     const int idx = blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= N * C * OH * OW) return;
     const int plane = idx / (OH * OW);
-    dy[idx] = dx[(size_t)plane * H * W + sw[idx]];
+    const int s = sw[idx];
+    dy[idx] = (s < 0 || s >= H * W) ? real(0) : dx[(size_t)plane * H * W + s];
 }
