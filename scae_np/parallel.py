@@ -390,6 +390,10 @@ class _Parent:
 
     def _loop(self, pool):
         while True:
+            # a failure: the caller interrupts the running jobs at once; after
+            # --stop-after-epochs they stop at their next checkpoint by themselves
+            if self.failure is not None and self.failure[0] != "stopped":
+                return
             if self.failure is None:
                 for job in self._ready()[:self.n - len(self.running)]:
                     self.running[_submit(pool, job)] = job
@@ -464,11 +468,8 @@ class _Parent:
                 pass
 
     def _kill(self, pool):
-        procs = dict(getattr(pool, "_processes", None) or {})
         if self.running:            # still busy after the grace time, or a second Ctrl-C
             self._signal(pool, signal.SIGKILL)
-        for p in procs.values():
-            p.join(timeout=5)
 
     def _raise(self):
         from .train import Diverged, Interrupted, TrainingError
