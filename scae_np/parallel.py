@@ -134,17 +134,15 @@ def total_threads(cfg):
 
 
 def use_threads(n):
-    """Make this process compute with ``n`` CPU threads: the project's thread pool
-    (``SCAE_NP_THREADS``, kernels/numpy_threads.py), and BLAS/OpenMP -- through the
-    environment (``--threads``'s variables, scae_np/_threads.py) when NumPy is not loaded yet,
-    else through OpenBLAS's own setter. The one place ``--jobs`` touches thread knobs."""
+    """Make this process compute with ``n`` CPU threads: BLAS/OpenMP through the environment
+    (``--threads``'s variables, scae_np/_threads.py) for libraries not loaded yet, and the
+    project's pool and OpenBLAS through ``kernels.numpy_threads.set_threads``. The one place
+    ``--jobs`` touches thread knobs."""
     from ._threads import early_threads
     os.environ["SCAE_NP_THREADS"] = str(n)
-    if early_threads(["--threads", str(n)]) is False:     # NumPy (and BLAS) already loaded
-        from kernels import numpy_threads
-        ctl = numpy_threads.blas_controls()
-        if ctl is not None:
-            ctl[1](n)
+    early_threads(["--threads", str(n)])
+    from kernels import numpy_threads
+    numpy_threads.set_threads(n)
 
 
 # ------------------------------------------------------------------------------ worker
