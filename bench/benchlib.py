@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -123,13 +124,28 @@ def loadavg():
 # --------------------------------------------------------------------------- torch
 @functools.lru_cache(maxsize=None)
 def torch_module():
-    """torch, with its intra-op threads set to NumPy's BLAS threads; None if absent."""
+    """torch, with its intra-op threads set to NumPy's BLAS threads and strict float32 on
+    CUDA (:func:`torch_precision`); None if absent."""
     try:
         import torch
     except ImportError:
         return None
     torch.set_num_threads(blas_threads())
+    torch_precision(torch, tf32=False)
     return torch
+
+
+def torch_precision(torch, tf32):
+    """Set torch's CUDA float32 mode for the peer: ``tf32=False`` is strict float32 (cuDNN
+    convolutions and cuBLAS matmuls round no input: the float32 validation bound holds;
+    PyTorch's default lets cuDNN use TF32, inputs rounded to 10 mantissa bits, far outside
+    it); ``tf32=True`` lets both use TF32 tensor cores (the ``torch/cuda-tf32`` row,
+    validated with the TF32 input rounding, :data:`kernels.testing.TF32_EPS`). Returns the
+    flags as set."""
+    torch.backends.cudnn.allow_tf32 = bool(tf32)
+    torch.backends.cuda.matmul.allow_tf32 = bool(tf32)
+    return {"cudnn.allow_tf32": torch.backends.cudnn.allow_tf32,
+            "cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32}
 
 
 @functools.lru_cache(maxsize=None)
@@ -225,13 +241,22 @@ def op_impls(op, *, naive=False):
     else:
         out.append(Impl("torch/cpu", "torch", "cpu", "cpu"))
         ok, why = gpu_available()
-        if ok and torch.cuda.is_available():
-            out.append(Impl("torch/cuda", "torch", "cuda", "cuda"))
-        else:
-            out.append(Impl("torch/cuda", "torch", "cuda", "cuda",
-                            skip="torch CUDA peer needs a GPU and a CUDA build of torch"
-                            f" ({why if not ok else 'torch is a CPU build'})"))
+        # cuDNN in strict float32 (the peer), and the same with TF32 on (a labelled row)
+        for version in ("cuda", "cuda-tf32") if op in CONV_OPS else ("cuda",):
+            if ok and torch.cuda.is_available():
+                out.append(Impl(f"torch/{version}", "torch", version, "cuda"))
+            else:
+                out.append(Impl(f"torch/{version}", "torch", version, "cuda",
+                                skip="torch CUDA peer needs a GPU and a CUDA build of torch"
+                                f" ({why if not ok else 'torch is a CPU build'})"))
     return out
+
+
+def input_eps(imp: Impl):
+    """The input rounding an implementation's validation allows: TF32's for the
+    ``torch/cuda-tf32`` row, none for everything else."""
+    from kernels.testing import TF32_EPS
+    return TF32_EPS if imp.backend == "torch" and imp.version.endswith("tf32") else 0.0
 
 
 # ------------------------------------------------------------------------ reference
@@ -250,9 +275,10 @@ def reference(op, layer, args, under_test=None):
     return _REFERENCE[key]
 
 
-def validate(op, layer, args, result, under_test=None):
-    """Raise AssertionError unless ``result`` (host arrays) matches the reference."""
-    W.validate(op, args, result, reference(op, layer, args, under_test))
+def validate(op, layer, args, result, under_test=None, input_eps=0.0):
+    """Raise AssertionError unless ``result`` (host arrays) matches the reference
+    (``input_eps``: the implementation's input rounding, :func:`input_eps`)."""
+    W.validate(op, args, result, reference(op, layer, args, under_test), input_eps=input_eps)
 
 
 # ------------------------------------------------------------------------ callables
@@ -278,7 +304,8 @@ def make_call(imp: Impl, op, args):
 def _torch_call(imp, op, args):
     torch = torch_module()
     F = torch.nn.functional
-    dev = "cuda" if imp.version == "cuda" else "cpu"
+    dev = "cuda" if imp.version.startswith("cuda") else "cpu"
+    torch_precision(torch, tf32=imp.version.endswith("tf32"))     # per test: flags are global
     t = [torch.from_numpy(np.ascontiguousarray(a)).to(dev) if isinstance(a, np.ndarray)
          else a for a in args]
     if op == "conv2d_forward":
@@ -330,32 +357,99 @@ def _torch_call(imp, op, args):
 
 
 # --------------------------------------------------------------------------- timing
-class CudaEventTimer:
-    """A pytest-benchmark timer made of CUDA events: each call records an event on the
-    null stream, waits for it, and returns the GPU time since a start event (seconds).
-    pytest-benchmark takes differences of two calls around the benchmarked function, so a
-    round's time is the device time between two events -- never a host timer around
-    asynchronous launches; the wait at each event is the synchronisation."""
+#: Upper bound of a GPU's SM clock (Hz): a spin of ``s * SPIN_HZ`` cycles lasts at least s.
+SPIN_HZ = 3.0e9
+#: Device time one timed round aims at (k back-to-back calls fill it, 1 <= k <= MAX_ITERS).
+ROUND_S = 2e-3
+MAX_ITERS = 200
 
-    def __init__(self, kind="cupy"):
-        self.kind = kind
-        if kind == "torch":
-            import torch
-            self._new = lambda: torch.cuda.Event(enable_timing=True)
-            self._elapsed = lambda a, b: a.elapsed_time(b)
-        else:
-            import cupy
-            self._new = cupy.cuda.Event
-            self._elapsed = lambda a, b: cupy.cuda.get_elapsed_time(a, b)
-        self.start = self._new()
-        self.start.record()
-        self.start.synchronize()
+
+class DeviceTimer:
+    """A pytest-benchmark timer that measures device time of k back-to-back calls.
+
+    pytest-benchmark calls its timer once before and once after the ``iterations`` (k)
+    calls of a round and divides the difference by k. This timer, on the first call of a
+    pair, (1) launches a kernel that holds the stream for ``block_s`` seconds, (2) records
+    the start event behind it and returns; the k calls are then queued behind the held
+    stream while the host dispatches them; on the second call it records the end event,
+    waits for it and returns the device time between the two events. Because the start
+    event fires only when the hold ends, and by then all k calls are queued, the interval
+    is the k kernels back to back -- not the host's dispatch of the first one (an event
+    recorded just before a Python call on an idle GPU times the dispatch, which for a
+    10 us kernel is most of the number). If the host needed longer than ``block_s`` to queue
+    the k calls, the GPU may have idled between them: such a round is counted in
+    ``host_bound_rounds`` (reported in the benchmark's extra_info; raise ``block_s``).
+
+    ``new_event()``: an object with ``record()`` and ``synchronize()``;
+    ``elapsed_ms(a, b)``; ``hold(seconds)``: queue the stream-holding kernel;
+    ``host_clock``: seconds (perf_counter). :meth:`for_cupy` / :meth:`for_torch` build it
+    for the two stacks (both queue on their current stream, which CuPy, the numba backend
+    and torch all leave on the legacy default stream)."""
+
+    def __init__(self, new_event, elapsed_ms, hold, block_s=5e-3, host_clock=time.perf_counter):
+        self._new, self._elapsed, self._hold = new_event, elapsed_ms, hold
+        self.block_s = float(block_s)
+        self._clock = host_clock
+        self._start = None
+        self._t_host = 0.0
+        self.total = 0.0              # device seconds summed over timed pairs
+        self.pairs = 0
+        self.host_bound_rounds = 0
 
     def __call__(self):
-        e = self._new()
-        e.record()
-        e.synchronize()
-        return self._elapsed(self.start, e) / 1e3
+        if self._start is None:                       # a round begins
+            if self.block_s > 0:
+                self._hold(self.block_s)
+            self._start = self._new()
+            self._start.record()
+            self._t_host = self._clock()
+            return self.total
+        end = self._new()
+        end.record()
+        if self._clock() - self._t_host >= self.block_s:
+            self.host_bound_rounds += 1
+        end.synchronize()
+        self.total += self._elapsed(self._start, end) / 1e3
+        self._start = None
+        self.pairs += 1
+        return self.total
+
+    def time_once(self, fn, sync):
+        """Device seconds of one ``fn()`` (after ``sync()``), by the same event pair."""
+        sync()
+        t0 = self()
+        fn()
+        return self() - t0
+
+    @classmethod
+    def for_cupy(cls, **kw):
+        import cupy
+        spin = cupy.RawKernel(r"""
+        extern "C" __global__ void scae_np_hold(long long cycles) {
+            long long t0 = clock64();
+            while (clock64() - t0 < cycles) { }
+        }""", "scae_np_hold")
+        hold = lambda s: spin((1,), (1,), (cupy.int64(int(s * SPIN_HZ)),))   # noqa: E731
+        return cls(cupy.cuda.Event, lambda a, b: cupy.cuda.get_elapsed_time(a, b), hold, **kw)
+
+    @classmethod
+    def for_torch(cls, **kw):
+        import torch
+        return cls(lambda: torch.cuda.Event(enable_timing=True),
+                   lambda a, b: a.elapsed_time(b),
+                   lambda s: torch.cuda._sleep(int(s * SPIN_HZ)), **kw)
+
+
+def iterations_for(device_s, round_s=ROUND_S, hi=MAX_ITERS):
+    """k: back-to-back calls per timed round so that a round lasts ~``round_s`` of device
+    time (1 for calls longer than that)."""
+    return int(max(1, min(hi, math.ceil(round_s / max(device_s, 1e-7) - 1e-9))))
+
+
+def hold_for(host_s, k):
+    """Seconds the stream is held so the host can queue k calls of ``host_s`` each behind it:
+    twice the estimate plus 1 ms, at most 0.2 s."""
+    return min(0.2, 2.0 * k * host_s + 1e-3)
 
 
 def rounds_for(seconds_per_call, budget=1.0, lo=3, hi=50):
@@ -366,19 +460,39 @@ def rounds_for(seconds_per_call, budget=1.0, lo=3, hi=50):
 def run_timed(benchmark, fn, imp: Impl, *, budget=1.0, min_rounds=3):
     """Time ``fn`` with pytest-benchmark in pedantic mode, after a warm-up call.
 
-    CPU: perf_counter (pytest-benchmark's default). GPU: CUDA events (CudaEventTimer)."""
-    if imp.device == "cuda":
-        benchmark._timer = CudaEventTimer("torch" if imp.backend == "torch" else "cupy")
+    CPU: perf_counter (pytest-benchmark's default), one call per round. GPU: a
+    :class:`DeviceTimer` round of k back-to-back calls between one event pair behind a held
+    stream (k from one call's device time, :func:`iterations_for`); the benchmark's
+    extra_info gets ``timer``, ``iterations``, ``hold_s`` and ``host_bound_rounds``."""
+    if imp.device != "cuda":
+        t0 = time.perf_counter()
+        fn()                                   # warm-up (compiles, caches, page faults)
+        dt = time.perf_counter() - t0
+        rounds = rounds_for(dt, budget=budget, lo=min_rounds)
+        return benchmark.pedantic(fn, rounds=rounds, warmup_rounds=1, iterations=1)
+    if imp.backend == "torch":
+        sync = torch_module().cuda.synchronize
+        timer = DeviceTimer.for_torch()
+    else:
+        sync = imp.be.synchronize
+        timer = DeviceTimer.for_cupy()
+    fn()                                       # warm-up: compiles, allocates
+    sync()
     t0 = time.perf_counter()
-    fn()                                       # warm-up (compiles, caches, page faults)
-    if imp.device == "cuda":
-        if imp.be is not None:
-            imp.be.synchronize()
-        else:
-            torch_module().cuda.synchronize()
-    dt = time.perf_counter() - t0
-    rounds = rounds_for(dt, budget=budget, lo=min_rounds)
-    return benchmark.pedantic(fn, rounds=rounds, warmup_rounds=1, iterations=1)
+    fn()                                       # the host's dispatch time of one call
+    host_s = time.perf_counter() - t0
+    dev_s = timer.time_once(fn, sync)
+    k = iterations_for(dev_s)
+    timer.block_s = hold_for(host_s, k)
+    timer.host_bound_rounds = 0
+    benchmark._timer = timer
+    rounds = rounds_for(k * dev_s + timer.block_s, budget=budget, lo=min_rounds)
+    out = benchmark.pedantic(fn, rounds=rounds, warmup_rounds=1, iterations=k)
+    benchmark.extra_info.update(timer="cuda-events, k calls behind a held stream",
+                                iterations=k, hold_s=round(timer.block_s, 6),
+                                host_dispatch_s=host_s,
+                                host_bound_rounds=timer.host_bound_rounds)
+    return out
 
 
 # -------------------------------------------------------------------- op benchmarks
@@ -398,11 +512,13 @@ def bench_op(benchmark, op, L, imp, *, inputs, napkin, metric, budget):
     """Validate one implementation of an op on a layer's inputs, then time it."""
     args = inputs(op, L)
     fn, to_host = make_call(imp, op, args)
-    validate(op, L, args, to_host(fn()), (imp.backend, imp.version))   # never time unvalidated
+    eps = input_eps(imp)
+    validate(op, L, args, to_host(fn()), (imp.backend, imp.version), eps)  # never time unvalidated
     flop, nbytes = napkin(op, L)
     benchmark.group = f"{op} {L.name} ({L.describe()})"
     benchmark.extra_info.update(
         kind="op", op=op, layer=L.name, shape=L.describe(), impl=imp.label,
         backend=imp.backend, version=imp.version, device=imp.device, flop=flop,
-        bytes=nbytes, metric=metric, peer=imp.backend == "torch")
+        bytes=nbytes, metric=metric, peer=imp.backend == "torch",
+        precision="tf32" if eps else "fp32")
     run_timed(benchmark, fn, imp, budget=budget)

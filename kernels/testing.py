@@ -79,23 +79,35 @@ def _first_bad(bad):
     return tuple(int(i) for i in np.argwhere(bad)[0])
 
 
-def op_tolerance(op, *inputs, dtype=np.float32):
+#: Relative error of one input rounded to TF32 (10 explicit mantissa bits; 2^-10 also
+#: covers a conversion that truncates), for ``input_eps`` below.
+TF32_EPS = 2.0 ** -10
+
+
+def op_tolerance(op, *inputs, dtype=np.float32, input_eps=0.0):
     """The elementwise absolute tolerance of a convolution op's result on ``inputs``, for a
-    backend computing in ``dtype`` (the bound in the module doc); 0 for the pooling ops."""
+    backend computing in ``dtype`` (the bound in the module doc); 0 for the pooling ops.
+
+    ``input_eps``: the relative error of each input as the backend rounds it before
+    multiplying (0: none; :data:`TF32_EPS` for TF32 tensor cores). Each product then errs
+    by at most ``(2 e + e^2) |term|``, so ``(2 e + e^2) * S`` is added to the bound."""
     if op in POOL_OPS:
         return 0.0
     dtype = np.dtype(dtype)
     terms = conv_terms(op, *inputs)
     bound = _abs_bound(op, *inputs)
-    return 8.0 * math.sqrt(terms) * np.finfo(dtype).eps * bound + np.finfo(dtype).tiny
+    e = float(input_eps)
+    return ((8.0 * math.sqrt(terms) * np.finfo(dtype).eps + 2 * e + e * e) * bound
+            + np.finfo(dtype).tiny)
 
 
-def assert_op_close(op, actual, expected, *inputs, dtype=None):
+def assert_op_close(op, actual, expected, *inputs, dtype=None, input_eps=0.0):
     """Assert that ``actual`` matches the reference ``expected`` for ``op`` on ``inputs``.
 
     Pooling ops must match exactly; convolution ops within the bound in the module doc.
-    ``dtype`` is the dtype the tested backend computed in (default: ``actual``'s). NaN or Inf
-    where the reference has none fails, whatever the tolerance.
+    ``dtype`` is the dtype the tested backend computed in (default: ``actual``'s);
+    ``input_eps`` the rounding of its inputs (:func:`op_tolerance`). NaN or Inf where the
+    reference has none fails, whatever the tolerance.
     """
     actual = np.asarray(actual)
     expected = np.asarray(expected)
@@ -114,7 +126,8 @@ def assert_op_close(op, actual, expected, *inputs, dtype=None):
         return
     dtype = np.dtype(dtype or actual.dtype)
     terms = conv_terms(op, *inputs)
-    tol = np.broadcast_to(op_tolerance(op, *inputs, dtype=dtype), actual.shape)
+    tol = np.broadcast_to(op_tolerance(op, *inputs, dtype=dtype, input_eps=input_eps),
+                          actual.shape)
     bad = _not_close(actual, expected, tol)
     if bad.any():
         idx = _first_bad(bad)

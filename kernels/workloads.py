@@ -268,12 +268,14 @@ def compute_reference(op, args, version):
     return pool_ops.VERSIONS[op][version](*args)
 
 
-def validate(op, args, result, ref, dtype=np.float32):
-    """Raise AssertionError unless ``result`` (host arrays) matches ``ref`` on ``args``."""
+def validate(op, args, result, ref, dtype=np.float32, input_eps=0.0):
+    """Raise AssertionError unless ``result`` (host arrays) matches ``ref`` on ``args``
+    (``input_eps``: the implementation's input rounding, e.g. TF32; see
+    :func:`kernels.testing.op_tolerance`)."""
     if op == "maxpool2d_forward":
         assert_op_close(op, result[0], ref[0])
         assert_op_close(op, result[1], ref[1])
     elif op in CONV_OPS:
-        assert_op_close(op, result, ref, *args, dtype=dtype)
+        assert_op_close(op, result, ref, *args, dtype=dtype, input_eps=input_eps)
     else:
         assert_op_close(op, result, ref)

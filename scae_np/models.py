@@ -239,11 +239,12 @@ class CNN(Model):
 
     def train_step(self, x, y, lr, momentum=0.0):
         """One SGD step on the mini-batch (x, y): forward, backward, in-place update.
-        Returns the batch's mean cross-entropy (a float)."""
+        Returns the batch's mean cross-entropy as a 0-d backend array (``float()`` it to
+        read it: on a GPU that is a host sync, which the trainer avoids per step)."""
         loss, grads = self.loss_and_grads(x, y)
         sgd_update(self.params, grads, self.velocity, lr, momentum, self.xp)
         self.grads = {}
-        return float(loss)
+        return loss
 
     def predict(self, x, batch_size=None):
         """Logits for x, in batches of ``batch_size`` (all at once when None)."""
@@ -319,6 +320,7 @@ class CAE(Model):
         self.noise = float(noise)
         self.seed = seed
         self.rng = np.random.default_rng(seed)
+        self._noise_rng = None          # the device noise generator (see corrupt)
         fan_in = self.in_channels * self.kernel ** 2
         w = lecun_uniform(self.rng, (self.n_maps, self.in_channels, self.kernel, self.kernel),
                           fan_in, self.dtype)
@@ -344,12 +346,30 @@ class CAE(Model):
                              f"{tuple(x.shape)}")
 
     def corrupt(self, x):
-        """``x * m`` with ``m`` zeroing each pixel with probability ``noise`` (the model's
-        RNG, drawn on the host so every backend sees the same mask)."""
+        """``x * m`` with ``m`` zeroing each pixel with probability ``noise``.
+
+        Host backends (``xp`` is NumPy: numpy, the emulators) draw the mask from the model's
+        RNG, so they all see the same masks. A device backend draws it on the device from
+        ``xp.random`` (nothing uploaded per step), with a generator seeded from the model's
+        RNG by :meth:`begin_epoch` (once per epoch; lazily before the first step), so a
+        resumed run draws the same masks as an uninterrupted one on the same device."""
         if not self.noise:
             return x
-        keep = self.rng.random(tuple(x.shape), dtype=np.float32) >= self.noise
-        return x * self.be.to_device(keep.astype(self.dtype))
+        if self.xp is np:
+            keep = self.rng.random(tuple(x.shape), dtype=np.float32) >= self.noise
+            return x * self.be.to_device(keep.astype(self.dtype))
+        if self._noise_rng is None:
+            self.begin_epoch()
+        keep = self._noise_rng.random(tuple(x.shape), dtype=np.float32) >= self.noise
+        return x * keep.astype(self.dtype)
+
+    def begin_epoch(self):
+        """Called by the trainer before each epoch: on a device backend with noise, a new
+        device generator seeded by one draw from the model's (host) RNG, whose state the
+        checkpoints keep. Does nothing on host backends (their masks come from the model's
+        RNG directly)."""
+        if self.noise and self.xp is not np:
+            self._noise_rng = self.xp.random.default_rng(int(self.rng.integers(2 ** 63)))
 
     def _encode_full(self, x):
         """(h, pooled, switches): hidden maps, pooled maps and switches (None w/o pooling)."""
@@ -419,11 +439,12 @@ class CAE(Model):
 
     def train_step(self, x, lr, momentum=0.0):
         """One SGD step: corrupt x with the model's RNG, reconstruct, compare with clean x.
-        Returns the batch loss (a float)."""
+        Returns the batch loss as a 0-d backend array (``float()`` it to read it: on a GPU
+        that is a host sync)."""
         loss, grads = self.loss_and_grads(x, self.corrupt(x))
         sgd_update(self.params, grads, self.velocity, lr, momentum, self.xp)
         self.grads = {}
-        return float(loss)
+        return loss
 
     def filters(self):
         """Encoder filters as a NumPy array (maps, C, K, K)."""

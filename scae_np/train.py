@@ -86,6 +86,9 @@ DIVERGENCE_FACTOR = 10.0
 DIVERGENCE_MIN_BATCHES = 10
 #: Training images the CAE's starting (reference) loss is measured on.
 REFERENCE_IMAGES = 256
+#: On a device backend with a progress bar: seconds between reads of the mini-batch losses
+#: (each read is one host sync; without a bar they are read once, at the end of the epoch).
+LOSS_READ_S = 5.0
 
 
 class Interrupted(Exception):
@@ -226,34 +229,121 @@ def _batch_to_device(backend, a):
 
 
 def evaluate_classifier(backend, model, x, y, batch_size=256):
-    """Mean cross-entropy and error (%) of a CNN on host arrays (x, y), in batches."""
+    """Mean cross-entropy and error (%) of a CNN on host arrays (x, y), in batches. The
+    per-batch losses and the error count stay on the device; one read at the end."""
     from .layers import softmax_cross_entropy
     xp = backend.xp
     n = len(x)
-    loss_sum, wrong = 0.0, 0
+    losses = _BatchLosses(backend, -(-n // batch_size))
+    wrong = None
     for i in range(0, n, batch_size):
         xb = _batch_to_device(backend, x[i:i + batch_size])
         yb = _batch_to_device(backend, y[i:i + batch_size])
         logits = model.forward(xb)
         loss, _ = softmax_cross_entropy(logits, yb, xp)
-        loss_sum += float(loss) * len(xb)
-        wrong += int(xp.sum(xp.argmax(logits, axis=1) != yb))
+        losses.add(loss)
+        w = xp.sum(xp.argmax(logits, axis=1) != yb)
+        wrong = w if wrong is None else wrong + w
+    loss_sum = sum(v * len(x[i:i + batch_size])
+                   for v, i in zip(losses.read(), range(0, n, batch_size)))
+    wrong = int(backend.to_host(wrong)) if wrong is not None else 0
     return loss_sum / n, 100.0 * wrong / n
 
 
 def evaluate_reconstruction(backend, cae, x, batch_size=256):
     """Mean reconstruction loss (the CAE's training loss: half squared error per image and
-    channel) and per-pixel MSE of a CAE on clean host images x, in batches."""
+    channel) and per-pixel MSE of a CAE on clean host images x, in batches (the per-batch
+    losses stay on the device; one read at the end)."""
     from .layers import half_squared_error
     xp = backend.xp
     n = len(x)
-    loss_sum = 0.0
+    losses = _BatchLosses(backend, -(-n // batch_size))
     for i in range(0, n, batch_size):
         xb = _batch_to_device(backend, x[i:i + batch_size])
         loss, _ = half_squared_error(cae.reconstruct(xb), xb, xp)
-        loss_sum += float(loss) * len(xb)
+        losses.add(loss)
+    loss_sum = sum(v * len(x[i:i + batch_size])
+                   for v, i in zip(losses.read(), range(0, n, batch_size)))
     loss = loss_sum / n / x.shape[1]
     return loss, 2.0 * loss / int(np.prod(x.shape[2:]))
+
+
+def computes_on_host(backend):
+    """True when the backend's arrays are host (NumPy) arrays: the numpy backend and the
+    emulated/simulated GPU backends. Reading a loss there costs nothing, so the trainer
+    reads (and checks) it after every step; on a device every read is a host sync."""
+    return backend.xp is np
+
+
+class _BatchLosses:
+    """The per-mini-batch losses of one pass, kept where the backend computes.
+
+    On a host backend (:func:`computes_on_host`) each loss is read at once (``float``), as the loop always did. On a device each loss is copied, on the
+    device, into slot ``b`` of a float64 buffer (``buf[b:b+1] = loss``: a device-to-device
+    copy queued behind the step, no host sync), and :meth:`read` copies the slots not yet
+    read to the host in one transfer. The values read are the float32 losses widened to
+    float64, the same numbers ``float(loss)`` gives, so sums taken over them in batch order
+    are bit-identical on every backend."""
+
+    def __init__(self, backend, n_batches):
+        self.be = backend
+        self.host = computes_on_host(backend)
+        self.n = 0                  # losses added
+        self.done = 0               # losses read
+        self._vals = []             # host values read so far
+        self._buf = None if self.host else backend.xp.zeros(max(1, n_batches), np.float64)
+
+    def add(self, loss):
+        if self.host:
+            self._vals.append(float(loss))
+        else:
+            self._buf[self.n:self.n + 1] = loss
+        self.n += 1
+
+    def unread(self):
+        return self.n - self.done
+
+    def read(self):
+        """The losses added since the last read (host floats, in batch order)."""
+        if not self.host and self.n > self.done:
+            self._vals.extend(np.asarray(self.be.to_host(self._buf[self.done:self.n]),
+                                         dtype=np.float64).tolist())
+        new = self._vals[self.done:self.n]
+        self.done = self.n
+        return new
+
+
+class _Resident:
+    """A stage's training set where the backend computes, for the whole stage.
+
+    On a device backend the images (and labels) are uploaded once and each epoch's
+    permutation once; a mini-batch is gathered on the device (``x_dev[perm_dev[i:i+bs]]``),
+    so a step copies nothing from the host. (The set must fit in device memory: MNIST's
+    60k images are 188 MB, CIFAR-10's 50k 614 MB, a second-layer CAE's codes a few GB.)
+    On a host backend the batches are gathered from the host arrays as before."""
+
+    def __init__(self, backend, x, y=None):
+        self.be = backend
+        self.host = computes_on_host(backend)
+        if self.host:
+            self.x, self.y = x, y
+        else:
+            self.x = _batch_to_device(backend, x)
+            self.y = None if y is None else _batch_to_device(backend, np.asarray(y))
+        self.perm = None
+
+    def order(self, perm):
+        """Use host permutation ``perm`` for the next batches (uploaded once)."""
+        self.perm = perm if self.host else self.be.to_device(perm)
+
+    def batch(self, i, j):
+        """Images (and labels, or None) ``perm[i:j]``, on the backend."""
+        idx = self.perm[i:j]
+        if self.host:
+            xb = _batch_to_device(self.be, self.x[idx])
+            yb = None if self.y is None else _batch_to_device(self.be, self.y[idx])
+            return xb, yb
+        return self.x[idx], (None if self.y is None else self.y[idx])
 
 
 def encode_batches(backend, encoder, x, batch_size=256):
@@ -469,49 +559,83 @@ class Trainer:
 
     def _train(self, stage, model, kind, x_train, y_train, sgd, rng, state, best_params,
                x_val, y_val, final_eval, info):
+        """The epochs of one stage.
+
+        Host syncs: none inside an epoch on a device backend. The training set is resident
+        on the device (:class:`_Resident`: one upload per stage, the permutation once per
+        epoch, batches gathered there), a CAE draws its noise there (``CAE.begin_epoch``),
+        and the mini-batch losses stay there (:class:`_BatchLosses`) until they are read:
+        at the end of the epoch, and -- only while a progress bar is shown -- at most every
+        :data:`LOSS_READ_S` seconds, which is when the bar's ``loss`` and the divergence
+        rule learn them (one sync per read, not per step: ~10 per minute of training). On a
+        host backend (NumPy, the emulators) a read is free, so every step is read and
+        checked, as before. Either way the rule sees every batch's loss in order, so a
+        diverged stage stops with the same message (the first bad mini-batch named); on a
+        device it may stop up to one read later."""
         be = self.be
         n = len(x_train)
         ref = self._reference_loss(kind, model, x_train, state)
         has_val = x_val is not None and len(x_val) > 0
         bs = max(1, int(sgd.batch_size))
-        min_batches = min(DIVERGENCE_MIN_BATCHES, -(-n // bs))
+        n_batches = -(-n // bs)
+        min_batches = min(DIVERGENCE_MIN_BATCHES, n_batches)
+        data = _Resident(be, x_train, y_train if kind == "cnn" else None)
         for epoch in range(state["epoch"], sgd.epochs):
             lr = sgd.lr_at(epoch)
             perm = rng.permutation(n)
-            loss_sum, seen, batches = 0.0, 0, 0
-            t0 = time.perf_counter()
+            data.order(perm)
+            begin_epoch = getattr(model, "begin_epoch", None)
+            if begin_epoch is not None:
+                begin_epoch()
+            losses = _BatchLosses(be, n_batches)
+            run = {"sum": 0.0, "seen": 0, "batches": 0}
+            t0 = last_read = time.perf_counter()
             bar = _bar(n, f"{stage} {epoch + 1}/{sgd.epochs}", self.progress)
-            try:
-                for i in range(0, n, bs):
-                    idx = perm[i:i + bs]
-                    xb = _batch_to_device(be, x_train[idx])
-                    if kind == "cnn":
-                        loss = model.train_step(xb, _batch_to_device(be, y_train[idx]), lr,
-                                                sgd.momentum)
-                    else:
-                        loss = model.train_step(xb, lr, sgd.momentum)
+
+            def check(values):
+                """The divergence rule over newly read batch losses, in batch order."""
+                for loss in values:
+                    b = run["batches"]
                     if not math.isfinite(loss):
                         raise Diverged(stage, kind, epoch + 1, sgd.lr,
-                                       f"the loss of mini-batch {batches + 1} became {loss} "
+                                       f"the loss of mini-batch {b + 1} became {loss} "
                                        f"(lr this epoch {lr:g}, momentum {sgd.momentum:g}, "
                                        f"batch {bs})")
-                    loss_sum += loss * len(idx)
-                    seen += len(idx)
-                    batches += 1
-                    if (ref is not None and batches >= min_batches
-                            and loss_sum / seen > DIVERGENCE_FACTOR * ref):
+                    size = min(bs, n - b * bs)
+                    run["sum"] += loss * size
+                    run["seen"] += size
+                    run["batches"] = b = b + 1
+                    mean = run["sum"] / run["seen"]
+                    if ref is not None and b >= min_batches and mean > DIVERGENCE_FACTOR * ref:
                         what = (f"chance level, ln({round(math.exp(ref))}) = {ref:.4g}"
                                 if kind == "cnn" else f"its loss at initialisation, {ref:.4g}")
                         raise Diverged(stage, kind, epoch + 1, sgd.lr,
-                                       f"the mean training loss of its first {batches} "
-                                       f"mini-batches is {loss_sum / seen:.4g}, more than "
+                                       f"the mean training loss of its first {b} "
+                                       f"mini-batches is {mean:.4g}, more than "
                                        f"{DIVERGENCE_FACTOR:g} x {what}")
+                if values and bar is not None:
+                    bar.set_postfix_str(f"loss {values[-1]:.4f}", refresh=False)
+
+            try:
+                for i in range(0, n, bs):
+                    xb, yb = data.batch(i, i + bs)
+                    if kind == "cnn":
+                        loss = model.train_step(xb, yb, lr, sgd.momentum)
+                    else:
+                        loss = model.train_step(xb, lr, sgd.momentum)
+                    losses.add(loss)
                     if bar is not None:
-                        bar.update(len(idx))
-                        bar.set_postfix_str(f"loss {loss:.4f}", refresh=False)
+                        bar.update(min(bs, n - i))
+                    if losses.host:
+                        check(losses.read())
+                    elif bar is not None and time.perf_counter() - last_read >= LOSS_READ_S:
+                        check(losses.read())
+                        last_read = time.perf_counter()
+                check(losses.read())
             finally:
                 if bar is not None:
                     bar.close()
+            loss_sum = run["sum"]
             dt = time.perf_counter() - t0
             rec = {"stage": stage, "kind": kind, "epoch": epoch + 1, "lr": lr,
                    "train_loss": loss_sum / n}

@@ -49,7 +49,7 @@ def _compile_all():
     report["numba_cuda"] = getattr(__import__("numba_cuda"), "__version__", "?")
     if not nvvm.is_available():
         report["skip"] = ("libNVVM not found: install numba-cuda with its CUDA libraries, "
-                          "pip install 'numba-cuda[cu13]' (or '.[test]'), which provides "
+                          "pip install 'numba-cuda[cu13]' (or '.[cpu]'), which provides "
                           "nvidia-nvvm and nvidia-cuda-nvrtc")
         return report
 
