@@ -282,3 +282,95 @@ def test_train_step_paired(benchmark, kind, threads):
         paired_ratio_median=float(np.median(ratios)),
         ratio_of_mins=min(t_numpy) / min(t_torch),
         ratio_of_medians=float(np.median(t_numpy) / np.median(t_torch)))
+
+
+# ------------------------------------------------------------------ command line: paired
+def _set_threads(n, torch):
+    """NumPy side (the project's pool + BLAS) and torch on ``n`` threads."""
+    import os
+    from kernels import numpy_threads
+    if hasattr(numpy_threads, "set_threads"):
+        numpy_threads.set_threads(n)
+    else:                                   # the API before issue 15
+        os.environ["SCAE_NP_THREADS"] = str(n)
+        ctl = numpy_threads.blas_controls()
+        if ctl:
+            ctl[1](n)
+    torch.set_num_threads(n)
+
+
+def paired(kind, threads, rounds, warmup=3):
+    """``rounds`` interleaved (numpy step, torch step) pairs on ``threads`` threads each;
+    the order inside a pair alternates. Returns a dict of times (s) and ratios."""
+    import time
+    torch = bl.torch_module()
+    _set_threads(threads, torch)
+    be = bl.get_backend("numpy")
+    x, y = batch()
+    _validate(kind, _model(kind, be), be, torch, x, y)
+    model = _model(kind, be)
+    tstep, _ = (torch_cnn if kind == "cnn" else torch_cae)(torch, model.state_dict())
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+    np_fn = ((lambda: model.train_step(x, y, LR)) if kind == "cnn"
+             else (lambda: model.train_step(x, LR)))
+    t_fn = (lambda: tstep(tx, ty)) if kind == "cnn" else (lambda: tstep(tx))
+    tn, tt = [], []
+
+    def timed(fn, out):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    load0 = bl.loadavg()
+    for r in range(warmup + rounds):
+        pair = [(np_fn, tn), (t_fn, tt)]
+        for fn, out in (pair if r % 2 == 0 else pair[::-1]):
+            timed(fn, out)
+    tn, tt = tn[warmup:], tt[warmup:]
+    ratios = [a / b for a, b in zip(tn, tt)]
+    return dict(kind=kind, threads=threads, rounds=rounds, numpy_median=float(np.median(tn)),
+                numpy_min=min(tn), torch_median=float(np.median(tt)), torch_min=min(tt),
+                ratio_median=float(np.median(ratios)), ratio_of_mins=min(tn) / min(tt),
+                load_start=load0, load_end=bl.loadavg())
+
+
+def main(argv=None):
+    """``python bench/bench_train_step.py [--kinds cnn cae] [--threads 1 2] [--rounds 30]
+    [--markdown FILE]``: paired interleaved rounds in one process, a markdown table."""
+    import argparse
+    import json
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--kinds", nargs="+", default=["cnn", "cae"], choices=["cnn", "cae"])
+    ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--label", default="")
+    ap.add_argument("--markdown", help="append the table to this file")
+    ap.add_argument("--json", help="write the raw results here")
+    a = ap.parse_args(argv)
+    rows = [paired(k, t, a.rounds) for t in a.threads for k in a.kinds]
+    model = bl.lscpu().get("Model name", "?")
+    lines = [f"### paired train steps {a.label} (batch {N}, {model}, "
+             f"{len(__import__('os').sched_getaffinity(0))} CPUs)", "",
+             "| step | threads | rounds | numpy median | numpy min | torch median | torch min "
+             "| median per-round ratio | ratio of mins | load avg start → end |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['kind']} | {r['threads']} | {r['rounds']} | {r['numpy_median']*1e3:.1f} ms "
+            f"| {r['numpy_min']*1e3:.1f} ms | {r['torch_median']*1e3:.1f} ms "
+            f"| {r['torch_min']*1e3:.1f} ms | **{r['ratio_median']:.2f}** "
+            f"| {r['ratio_of_mins']:.2f} | {r['load_start'][0]:.2f} → {r['load_end'][0]:.2f} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if a.markdown:
+        with open(a.markdown, "a") as f:
+            f.write(text + "\n")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    import os as _os
+    import sys as _sys
+    _sys.path.insert(0, _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))))
+    main()

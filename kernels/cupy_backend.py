@@ -139,6 +139,8 @@ class CupyBackend(Backend):
         super().__init__()
         self.emulated = bool(emulate)
         self._modules = {}
+        self._functions = {}     # (op, kernel) -> kernel handle: get_function once, not per launch
+        self._launch_log = None  # kernels.device.record_launches
         if self.emulated:
             from . import emulator
             if not emulator.gxx_available():
@@ -226,7 +228,14 @@ class CupyBackend(Backend):
         ``race_tolerance`` (emulator only): for kernels with float atomics, a callable giving
         ``{argument index: tolerance}`` for the emulator's race check (SCAE_NP_EMU_RACECHECK=1),
         which otherwise demands the same bits from every thread order."""
-        fn = self.module(op).get_function(kernel)
+        log = self._launch_log
+        if log is not None:
+            log.add(kernel, grid, block, shared_mem)
+            if log.dry:
+                return
+        fn = self._functions.get((op, kernel))
+        if fn is None:
+            fn = self._functions[(op, kernel)] = self.module(op).get_function(kernel)
         if self.emulated:
             fn(tuple(grid), tuple(block), tuple(args), shared_mem=int(shared_mem),
                race_tolerance=race_tolerance)

@@ -139,10 +139,20 @@ def sim_switch_interval(seconds=SIM_SWITCH_INTERVAL):
         sys.setswitchinterval(old)
 
 
+def _logged(rt, kernel, grid, block, shared):
+    """Record a launch in ``rt.launch_log`` (kernels.device); True if it must not run (dry)."""
+    log = rt.launch_log
+    if log is None:
+        return False
+    log.add(getattr(kernel, "__name__", None) or kernel.py_func.__name__, grid, block, shared)
+    return log.dry
+
+
 class _SimRuntime:
     """Allocation + launch under the simulator: NumPy arrays, stream 0."""
 
     emulated = True
+    launch_log = None     # kernels.device.record_launches
 
     def __init__(self):
         self.xp = np
@@ -159,6 +169,8 @@ class _SimRuntime:
         # The simulator copies every array argument back to its host array after the launch,
         # inputs included; a read-only input (a slice of a read-only dataset, say) would make
         # that copy fail. Inputs are never written by our kernels, so a private copy is safe.
+        if _logged(self, kernel, grid, block, shared):
+            return
         args = [a.copy() if isinstance(a, np.ndarray) and not a.flags.writeable else a
                 for a in args]
         with sim_switch_interval():
@@ -169,6 +181,7 @@ class _GpuRuntime:
     """Allocation + launch on the GPU: CuPy arrays, CuPy's current stream."""
 
     emulated = False
+    launch_log = None     # kernels.device.record_launches
 
     def __init__(self, cuda, cupy):
         self.cuda, self.xp = cuda, cupy
@@ -193,6 +206,8 @@ class _GpuRuntime:
         # as_cuda_array(sync=False): a zero-copy view through __cuda_array_interface__,
         # without a stream synchronisation -- the launch goes to the same stream CuPy
         # queued the producers on, so ordering is already guaranteed.
+        if _logged(self, kernel, grid, block, shared):
+            return
         dev = [self.cuda.as_cuda_array(a, sync=False) if isinstance(a, self.xp.ndarray) else a
                for a in args]
         kernel[grid, block, self.stream(), shared](*dev)

@@ -10,7 +10,14 @@ BLAS pinned to one thread for the duration (``batch_tasks``). NumPy and BLAS rel
 GIL inside their loops, so the tasks run concurrently on all cores. Plain Python threads,
 no JIT: the code stays NumPy.
 
-* ``SCAE_NP_THREADS`` sets the number of threads (default: the CPUs this process may use).
+* ``SCAE_NP_THREADS`` sets the number of threads (default: the CPUs this process may use);
+  ``set_threads(n)`` / ``with using_threads(n):`` override it in the program.
+* The slicing of a batch into tasks depends on the batch and the op's working set only,
+  never on the thread count, so every result (partial sums included) is bit-identical at
+  any number of threads; one thread runs the same tasks one after the other.
+* glibc only: ``mallopt`` keeps freed memory in the process (no trimming, big blocks from
+  the heap rather than fresh mmaps), so the big temporaries of every step reuse pages that
+  are already mapped instead of faulting new ones in (``keep_freed_memory``).
 * BLAS threads are pinned through OpenBLAS's ``*_set_num_threads`` (found with ctypes, as
   threadpoolctl does); with another BLAS the tasks run one after the other and BLAS keeps
   its own threading. The pinning is process-wide while an op runs.
@@ -34,12 +41,66 @@ MIN_PARALLEL_ELEMENTS = 1 << 16
 #: bytes of working set (columns + output) one task aims at: a few MB stay in L2/L3.
 TASK_BYTES = 4 << 20
 
+#: a batch is cut into at least this many tasks (when it has as many items), whatever the
+#: thread count: enough to balance 2-8 threads, and results independent of the count.
+MIN_TASKS = 8
+
 _pool = None
 _pool_lock = threading.Lock()
 _local = threading.local()
+_override = None
+
+
+def set_threads(n):
+    """Use ``n`` threads (the project's pool; BLAS runs single-threaded inside the tasks
+    and with ``n`` threads outside them); ``None`` goes back to ``SCAE_NP_THREADS`` / the
+    CPU count."""
+    global _override
+    if n is not None and (int(n) != n or n < 1):
+        raise ValueError(f"set_threads needs a positive whole number of threads, got {n!r}")
+    _override = None if n is None else int(n)
+    ctl = blas_controls()
+    if ctl is not None:
+        ctl[1](num_threads())
+
+
+@contextlib.contextmanager
+def using_threads(n):
+    """``set_threads(n)`` inside the block, the previous setting after it."""
+    old = _override
+    set_threads(n)
+    try:
+        yield
+    finally:
+        set_threads(old)
+
+
+def keep_freed_memory():
+    """glibc: never trim the heap and serve big blocks from it (mallopt M_TRIM_THRESHOLD,
+    M_MMAP_THRESHOLD, M_TOP_PAD), so a step's freed temporaries are reused next step
+    without page faults. Returns True when applied, False elsewhere (musl, macOS, ...).
+    Off with SCAE_NP_MALLOPT=0."""
+    if os.environ.get("SCAE_NP_MALLOPT", "1") == "0":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+    ok = mallopt(m_mmap_threshold, 1 << 30) == 1           # glibc caps it at 32 MiB
+    ok &= mallopt(m_trim_threshold, 1 << 30) == 1
+    ok &= mallopt(m_top_pad, 64 << 20) == 1
+    return bool(ok)
+
+
+MALLOPT = keep_freed_memory()
 
 
 def num_threads():
+    if _override is not None:
+        return _override
     env = os.environ.get("SCAE_NP_THREADS")
     if env:
         return max(1, int(env))
@@ -133,14 +194,18 @@ def batch_tasks(fn, n, bytes_per_item, target=TASK_BYTES, blas=True):
     ``blas`` (the tasks call BLAS) BLAS is pinned to one thread meanwhile. Returns the list
     of results in slice order.
 
-    With one thread, or (``blas``) a BLAS whose threads cannot be pinned, runs the whole
-    batch as one call in this thread (BLAS keeps its own threads)."""
-    t = min(num_threads(), n)
-    if (t <= 1 or (blas and blas_controls() is None)
-            or n * bytes_per_item < 4 * MIN_PARALLEL_ELEMENTS):
+    The slices depend on ``n``, ``bytes_per_item`` and ``target`` only (at least
+    ``MIN_TASKS`` of them), not on the thread count, so results are bit-identical at any
+    count. With one thread, or (``blas``) a BLAS whose threads cannot be pinned, the same
+    slices run one after the other in this thread."""
+    if n * bytes_per_item < 4 * MIN_PARALLEL_ELEMENTS:
         return [fn(0, n)]
-    step = max(1, min(math.ceil(n / t), target // max(1, bytes_per_item)))
+    step = max(1, min(math.ceil(n / MIN_TASKS), target // max(1, bytes_per_item)))
     bounds = list(range(0, n, step)) + [n]
+    t = min(num_threads(), len(bounds) - 1)
+    if t <= 1 or (blas and blas_controls() is None):
+        with blas_single_thread() if blas else contextlib.nullcontext():
+            return [fn(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
     pool = _executor(t)
     with blas_single_thread() if blas else contextlib.nullcontext():
         futures = [pool.submit(fn, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]

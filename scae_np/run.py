@@ -111,7 +111,7 @@ LEGACY = dict(lr_schedule="decay", lr_final=1.0, cae_lr_schedule="decay", cae_lr
               cae_patience=0, cae_init_scale=0.1, cae_rescale="none", diag_images=512)
 # Options that belong to the machine running the command, not to the experiment: on --resume
 # they are taken from the command line; everything else comes from the saved config.json.
-RUNTIME_KEYS = ("backend", "emulate", "data_dir", "no_download", "threads", "progress",
+RUNTIME_KEYS = ("backend", "emulate", "data_dir", "no_download", "threads", "jobs", "progress",
                 "stop_after_epochs", "eval_batch_size", "out", "resume")
 
 
@@ -200,6 +200,10 @@ def build_parser():
                         "in the CPU emulator; numba: numba's CUDA simulator); slow, for tests")
     g.add_argument("--threads", type=_positive_int, default=None,
                    help="CPU threads for BLAS/OpenMP (default: the libraries' own choice)")
+    g.add_argument("--jobs", type=_positive_int, default=1,
+                   help="worker processes running independent stages at once (table cells, "
+                        "the Fig. 1 CAEs, one CAE stack per seed), the CPU threads divided "
+                        "among them; same results as one (default: %(default)s)")
     g.add_argument("--seeds", type=_int_list, default=None,
                    help=f"comma-separated seeds; one table row per seed, the first one for "
                         f"fig1/cae/cnn (default: {both('seeds')})")
@@ -524,25 +528,38 @@ class Run:
 
     # ------------------------------------------------------------------ fig1
     def fig1(self, seed):
-        from . import figures
-        from .models import CAE
+        data = self.fig1_data(seed)
+        panels = [self.fig1_cae(seed, i, data) for i in range(len(FIG1_VARIANTS))]
+        self.fig1_figure(panels)
+
+    def fig1_data(self, seed):
+        """The Fig. 1 CAEs' training, validation and shown images."""
         c, ds = self.cfg, self.ds
         val, _, _ = make_splits(ds.train_y, c["val_images"], [], 0, seed)
         rest = np.setdiff1d(np.arange(len(ds.train_y)), val)
         idx = np.sort(np.random.default_rng([seed, 11]).permutation(rest)[:c["fig_images"]])
-        x, x_val = ds.train_x[idx], ds.train_x[val[:1000]]
-        panels = []
-        for name, caption, pool, noise in FIG1_VARIANTS:
-            stage = f"fig1-{name}"
-            cae = CAE(self.be, self.in_channels, c["cae_maps"], c["cae_kernel"], pool, noise,
-                      seed=[seed, 1, len(panels)])
-            self.echo(f"== {stage}: {cae.describe()}, {len(x)} images, "
-                      f"{c['fig_epochs']} epoch(s)")
-            res = self.train_cae(stage, cae, x, x_val, epochs=c["fig_epochs"], seed=seed)
-            res = dict(res, caption=caption, pool=pool, noise=noise)
-            self.results["fig1"][name] = res
-            panels.append((caption, cae.filters()))
-            self.cae_figures(stage, cae, ds.train_x[val[:10]], caption)
+        return ds.train_x[idx], ds.train_x[val[:1000]], ds.train_x[val[:10]]
+
+    def fig1_cae(self, seed, i, data):
+        """Train the ``i``-th Fig. 1 CAE (stage ``fig1-<name>``); its (caption, filters)."""
+        from .models import CAE
+        c = self.cfg
+        x, x_val, x_show = data
+        name, caption, pool, noise = FIG1_VARIANTS[i]
+        stage = f"fig1-{name}"
+        cae = CAE(self.be, self.in_channels, c["cae_maps"], c["cae_kernel"], pool, noise,
+                  seed=[seed, 1, i])
+        self.echo(f"== {stage}: {cae.describe()}, {len(x)} images, "
+                  f"{c['fig_epochs']} epoch(s)")
+        res = self.train_cae(stage, cae, x, x_val, epochs=c["fig_epochs"], seed=seed)
+        res = dict(res, caption=caption, pool=pool, noise=noise)
+        self.results["fig1"][name] = res
+        self.cae_figures(stage, cae, x_show, caption)
+        return caption, cae.filters()
+
+    def fig1_figure(self, panels):
+        from . import figures
+        c = self.cfg
         figures.filter_figure(panels, self.fig_path("fig1_filters.png"),
                               title=f"{c['cae_maps']} filters {c['cae_kernel']}x"
                                     f"{c['cae_kernel']} of four CAEs ({self.ds.name}, "
@@ -564,15 +581,9 @@ class Run:
     # ------------------------------------------------------------------ stack
     def stack(self, seed, cae_idx, val):
         """Train (or load) the CAE stack of this seed, greedily, layer by layer."""
-        from .models import CAEStack, CNN
         from .train import encode_batches
         c, be, ds = self.cfg, self.be, self.ds
-        probe = CNN(be, self.in_channels, self.input_hw, self.n_classes, c["maps"],
-                    c["kernels"], self._cnn_pools(), c["hidden"], seed=0)
-        last_hw = probe.shapes[-1][1:]
-        pools = list(self._cnn_pools()[:-1]) + [2 if min(last_hw) >= 2 else 1]
-        stack = CAEStack(be, self.in_channels, c["maps"], c["kernels"], pools,
-                         noise=c["cae_noise"], seed=seed, init_scale=c["cae_init_scale"])
+        stack = self.new_stack(seed)
         x, x_val = ds.train_x[cae_idx], ds.train_x[val[:1000]]
         res_all = []
         for i, cae in enumerate(stack.caes):
@@ -600,6 +611,17 @@ class Run:
                       f"{100 * d['saturated']:.1f}% saturated, filters "
                       f"{d['filter_scale']:.2f} x LeCun")
         return stack
+
+    def new_stack(self, seed):
+        """The CAE stack of this seed, untrained."""
+        from .models import CAEStack, CNN
+        c = self.cfg
+        probe = CNN(self.be, self.in_channels, self.input_hw, self.n_classes, c["maps"],
+                    c["kernels"], self._cnn_pools(), c["hidden"], seed=0)
+        last_hw = probe.shapes[-1][1:]
+        pools = list(self._cnn_pools()[:-1]) + [2 if min(last_hw) >= 2 else 1]
+        return CAEStack(self.be, self.in_channels, c["maps"], c["kernels"], pools,
+                        noise=c["cae_noise"], seed=seed, init_scale=c["cae_init_scale"])
 
     def _cnn_pools(self):
         n = len(self.cfg["maps"])
@@ -1145,6 +1167,9 @@ def _run(args, argv, ctx):
         except ValueError as e:    # a model that cannot be built with these options
             raise UserError(str(e)) from None
         exp = cfg["experiment"]
+        from .parallel import run_parallel
+        if run_parallel(run):          # --jobs N: every stage ran in worker processes
+            exp = None
         if exp in ("default", "fig1"):
             run.fig1(seeds[0])
         if exp == "cae":

@@ -217,6 +217,38 @@ def _cols_planes(x, kh, kw, ones_row=False):
     return cols
 
 
+#: the fast versions' GEMM (a module attribute, so bench/profile_step.py can time it).
+_gemm = np.matmul
+
+
+def _col2im_planes(cols, d, oh, ow):
+    """col2im into an NCHW slice ``d`` (zeroed here): ``cols`` (n,C,KH,KW,OH,OW) added in
+    KH*KW shifted row-runs of OW values."""
+    kh, kw = cols.shape[2:4]
+    d.fill(0)
+    for p in range(kh):
+        for q in range(kw):
+            d[:, :, p:p + oh, q:q + ow] += cols[:, :, p, q]
+
+
+def _col2im_rows(cols, dxh, oh, ow):
+    """col2im into a channels-last slice ``dxh`` (zeroed here): ``cols`` (n,OH,OW,KH,KW,C)
+    added in KH*KW shifted blocks of contiguous C-runs."""
+    kh, kw = cols.shape[3:5]
+    dxh.fill(0)
+    for p in range(kh):
+        for q in range(kw):
+            dxh[:, p:p + oh, q:q + ow, :] += cols[:, :, :, p, q, :]
+
+
+def _nhwc_to_nchw(src, out, bias=None):
+    """``out`` (n,C,H,W) <- ``src`` (n,H,W,C) [+ bias (C,1,1)]: the layout copy back."""
+    if bias is None:
+        np.copyto(out, src.transpose(0, 3, 1, 2))
+    else:
+        np.add(src.transpose(0, 3, 1, 2), bias, out=out)
+
+
 def _dy_rows(dy):
     """A batch slice of dy as an (n*OH*OW, F) matrix (scratch, channels-last copy)."""
     n_, f_, oh, ow = dy.shape
@@ -242,16 +274,15 @@ def conv2d_forward_fast(x, w, b):
         y3 = y.reshape(n_, f_, oh * ow)
 
         def task(lo, hi):
-            np.matmul(wb, _cols_planes(x[lo:hi], kh, kw, ones_row=True), out=y3[lo:hi])
+            _gemm(wb, _cols_planes(x[lo:hi], kh, kw, ones_row=True), out=y3[lo:hi])
     else:
         wt = np.ascontiguousarray(w.transpose(2, 3, 1, 0)).reshape(k, f_)  # (K, F), (p,q,c)
         b3 = b.reshape(f_, 1, 1)
 
         def task(lo, hi):
             cols = _cols_rows(x[lo:hi], kh, kw)
-            y_rows = np.matmul(cols, wt, out=scratch("y_rows", (cols.shape[0], f_), x.dtype))
-            np.add(y_rows.reshape(hi - lo, oh, ow, f_).transpose(0, 3, 1, 2), b3,
-                   out=y[lo:hi])
+            y_rows = _gemm(cols, wt, out=scratch("y_rows", (cols.shape[0], f_), x.dtype))
+            _nhwc_to_nchw(y_rows.reshape(hi - lo, oh, ow, f_), y[lo:hi], b3)
     batch_tasks(task, n_, (k + f_) * oh * ow * isz)
     return y
 
@@ -274,27 +305,18 @@ def conv2d_backward_input_fast(dy, w):
         def task(lo, hi):
             m = hi - lo
             cols = scratch("cols", (m, k, oh * ow), dy.dtype)
-            np.matmul(wT, dy[lo:hi].reshape(m, f_, oh * ow), out=cols)
-            cols = cols.reshape(m, c_, kh, kw, oh, ow)
-            d = dx[lo:hi]
-            d.fill(0)
-            for p in range(kh):
-                for q in range(kw):
-                    d[:, :, p:p + oh, q:q + ow] += cols[:, :, p, q]
+            _gemm(wT, dy[lo:hi].reshape(m, f_, oh * ow), out=cols)
+            _col2im_planes(cols.reshape(m, c_, kh, kw, oh, ow), dx[lo:hi], oh, ow)
     else:
         wm = np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(f_, k)  # (F, K), (p,q,c)
 
         def task(lo, hi):
             m = hi - lo
             dyr = _dy_rows(dy[lo:hi])
-            cols = np.matmul(dyr, wm, out=scratch("cols", (dyr.shape[0], k), dy.dtype))
-            cols = cols.reshape(m, oh, ow, kh, kw, c_)
+            cols = _gemm(dyr, wm, out=scratch("cols", (dyr.shape[0], k), dy.dtype))
             dxh = scratch("dx_nhwc", (m, h, wd, c_), dy.dtype)
-            dxh.fill(0)
-            for p in range(kh):
-                for q in range(kw):
-                    dxh[:, p:p + oh, q:q + ow, :] += cols[:, :, :, p, q, :]
-            np.copyto(dx[lo:hi], dxh.transpose(0, 3, 1, 2))
+            _col2im_rows(cols.reshape(m, oh, ow, kh, kw, c_), dxh, oh, ow)
+            _nhwc_to_nchw(dxh, dx[lo:hi])
     batch_tasks(task, n_, (k + f_) * oh * ow * dy.dtype.itemsize)
     return dx
 
@@ -312,9 +334,9 @@ def conv2d_backward_weight_fast(x, dy):
         m = hi - lo
         if plane:
             cols = _cols_planes(x[lo:hi], kh, kw)                       # (m, CKK, OH*OW)
-            part = np.matmul(dy[lo:hi].reshape(m, f_, oh * ow), cols.transpose(0, 2, 1))
+            part = _gemm(dy[lo:hi].reshape(m, f_, oh * ow), cols.transpose(0, 2, 1))
             return part.sum(axis=0)
-        return _dy_rows(dy[lo:hi]).T @ _cols_rows(x[lo:hi], kh, kw)     # (F, (p,q,c))
+        return _gemm(_dy_rows(dy[lo:hi]).T, _cols_rows(x[lo:hi], kh, kw))  # (F, (p,q,c))
     parts = batch_tasks(task, n_, (k + f_) * oh * ow * x.dtype.itemsize)
     dw = parts[0]
     for part in parts[1:]:

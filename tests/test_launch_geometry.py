@@ -1,0 +1,78 @@
+"""Launch geometry at the paper's shapes (issue 12): every default launch should give an
+H100/H200 (132 SMs, kernels/device.py) at least one block per SM.
+
+The launches are planned dry (``kernels.device.plan``: the backends' own launch code,
+recording instead of running), so batch 128 costs milliseconds on the emulated cupy backend
+and in numba's simulator alike.
+"""
+import numpy as np
+import pytest
+
+from kernels import device, get_backend, workloads
+from kernels.contract import OPS
+
+from numba_backends import numba_backend
+
+NAMES = ("mnist-conv1", "mnist-conv2", "cifar-conv1", "fig1-cae",
+         "mnist-pool1", "cifar-pool1", "fig1-pool")
+LAYERS = [workloads.with_batch(workloads.named_shapes()[n], b) for b in (16, 128)
+          for n in NAMES]
+
+
+def _backends():
+    return [get_backend("cupy", emulate=True), numba_backend("sim")]
+
+
+def _idle(be):
+    out = []
+    for L in LAYERS:
+        for op in OPS:
+            if op.startswith("conv") != (L.kind == "conv"):
+                continue
+            for la in device.plan(be, op, L):
+                if not device.fills_device(la):
+                    out.append(f"{be.name} {op} {L.name} N={L.n}: {la.kernel} grid {la.grid} "
+                               f"= {la.blocks} blocks < {device.DEFAULT.sms} SMs")
+    return out
+
+
+def test_device_model_numbers():
+    for d in (device.H100_SXM, device.H200):
+        assert d.sms == 132 and d.fp32_tflops == 67.0
+    assert device.H200.hbm_tbs == 4.8 and device.H100_SXM.hbm_tbs == 3.35
+    # 1 GFLOP at 67 TFLOP/s: 14.9 us; 1 GB at 4.8 TB/s: 208 us
+    assert device.H200.roofline_us(1e9, 1e9) == pytest.approx(1e9 / 4.8e12 * 1e6)
+
+
+def test_dry_plan_matches_the_launches_that_run():
+    """The dry plan is the real launch: the same kernels and grids as a call that runs."""
+    L = workloads.named_shapes()["tiny-conv"]
+    for be in _backends():
+        for op in ("conv2d_forward", "conv2d_backward_weight", "conv2d_backward_bias"):
+            planned = device.plan(be, op, L)
+            args = workloads.inputs(op, L)
+            with device.record_launches(be) as log:
+                out = be.get_op(op)(*args)
+            assert not np.isnan(be.to_host(out)).any()       # it ran
+            assert [(a.kernel, a.grid, a.block) for a in log.launches] == \
+                   [(a.kernel, a.grid, a.block) for a in planned]
+            assert planned and all(a.blocks >= 1 for a in planned)
+
+
+def test_the_rule_can_fail():
+    """The old weight gradient (implicit_gemm) gives the Fig. 1 CAE one block."""
+    L = workloads.with_batch(workloads.named_shapes()["fig1-cae"], 128)
+    be = get_backend("cupy", emulate=True)
+    (la,) = device.plan(be, "conv2d_backward_weight", L, version="implicit_gemm")
+    assert la.blocks == 1 and not device.fills_device(la)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "issue 12 item 1 open: the weight-gradient (1-120 blocks), bias (20-150) and some "
+    "batch-16 forward/input GEMM launches leave SMs idle; split-K versions not built yet. "
+    "strict: this turns into a failure (XPASS) once they are, so remove the mark then"))
+@pytest.mark.parametrize("which", ["cupy", "numba"])
+def test_every_default_launch_fills_an_h200(which):
+    be = {b.name: b for b in _backends()}[which]
+    idle = _idle(be)
+    assert not idle, "\n".join(idle)
