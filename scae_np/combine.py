@@ -4,7 +4,9 @@
 
 Each RUN_DIR is an output folder of ``python -m scae_np.run`` (it reads ``results.json``).
 Runs that split the protocol (one training-set size, or some seeds, per run) are pooled by
-(training-set size, init): mean ± sample standard deviation over all seeds found.
+(training-set size, init): mean ± sample standard deviation over all seeds found; where both
+inits ran with the same seeds (same subset, same seed), the mean paired difference CAE -
+random with its 95% t-interval (:func:`paired_difference`).
 """
 from __future__ import annotations
 
@@ -49,6 +51,36 @@ def _cell(v):
     return f"{errs.mean():.2f} ± {errs.std(ddof=1):.2f} (n={len(errs)})"
 
 
+#: Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (standard tables).
+T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+       2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+       2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t95(df):
+    """The two-sided 95% quantile of Student's t with ``df`` degrees of freedom (beyond 30:
+    the normal's 1.96 plus the first-order correction 2.4/df)."""
+    if df < 1:
+        raise ValueError(f"a t-interval needs at least 1 degree of freedom, got {df}")
+    return T95[df - 1] if df <= len(T95) else 1.96 + 2.4 / df
+
+
+def paired_difference(cae, random):
+    """Mean paired difference CAE - random (error points; negative: CAE init better) over
+    the seeds both lists hold (``[(seed, error, run)]``), with its 95% t-interval; None with
+    fewer than 2 pairs."""
+    a = {s: e for s, e, _ in cae}
+    b = {s: e for s, e, _ in random}
+    seeds = sorted(set(a) & set(b))
+    if len(seeds) < 2:
+        return None
+    d = np.array([a[s] - b[s] for s in seeds])
+    half = t95(len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+    return {"n": len(d), "seeds": seeds, "mean": float(d.mean()),
+            "ci95": (float(d.mean() - half), float(d.mean() + half)),
+            "wins": int((d < 0).sum())}
+
+
 def table_markdown(runs):
     cells = pool_cells(runs)
     paper = next((r["paper"] for r in runs if r.get("paper")), {})
@@ -62,6 +94,16 @@ def table_markdown(runs):
                      f"{_cell(cells.get((s, 'cae'), []))} | {p.get('random', '–')} | "
                      f"{p.get('cae', '–')} |")
     lines += ["", "Test error %, mean ± sample standard deviation over seeds. " + note, ""]
+    diffs = [(s, paired_difference(cells.get((s, "cae"), []), cells.get((s, "random"), [])))
+             for s in sizes]
+    if any(d for _, d in diffs):
+        lines += ["| training images | paired seeds | CAE − random, mean (points) | 95% "
+                  "t-interval | seeds where CAE wins |", "|---:|---:|---:|---:|---:|"]
+        for s, d in diffs:
+            if d:
+                lines.append(f"| {s} | {d['n']} | {d['mean']:+.2f} | [{d['ci95'][0]:+.2f}, "
+                             f"{d['ci95'][1]:+.2f}] | {d['wins']} of {d['n']} |")
+        lines.append("")
     lines += ["| training images | init | seed | test error % | run |", "|---:|---|---:|---:|---|"]
     for (s, init), v in sorted(cells.items()):
         for seed, err, name in sorted(v):

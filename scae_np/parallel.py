@@ -238,7 +238,7 @@ def _run_job(job):
     from .train import Diverged, Interrupted
     run = _W.run
     _W.job = job.name
-    run.results = {"fig1": {}, "stacks": {}, "cnn": {}, "cae": {}}
+    run.results = {"fig1": {}, "stacks": {}, "cnn": {}, "cae": {}, "diagnostics": {}}
     run.figures = []
     finished = run.trainer.stages_finished
     out = {"status": "ok"}

@@ -87,18 +87,28 @@ QUICK = dict(
     seeds=[0], sizes=[1000], val_images=1000, test_images=None,
     maps=[100, 150, 200], kernels=[5, 5, 3], hidden=300,
     epochs=6, lr=0.01, momentum=0.9, lr_decay=0.9, batch_size=16, patience=0,
+    lr_schedule="decay", lr_final=1.0,
     cae_images=2000, cae_epochs=1, cae_lr=0.005, cae_momentum=0.9, cae_batch_size=16,
     cae_noise=0.0, cae_maps=20, cae_kernel=7, cae_pool=2,
+    cae_lr_schedule="decay", cae_lr_final=1.0, cae_patience=0, cae_init_scale=0.1,
+    cae_rescale="none", diag_images=256,
     fig_images=3000, fig_epochs=1, init="cae",
 )
 FULL = dict(
     seeds=[0, 1, 2], sizes=[1000, 10000, 50000], val_images=5000, test_images=None,
     maps=[100, 150, 200], kernels=[5, 5, 3], hidden=300,
     epochs=30, lr=0.01, momentum=0.9, lr_decay=0.95, batch_size=16, patience=8,
-    cae_images=10000, cae_epochs=5, cae_lr=0.005, cae_momentum=0.9, cae_batch_size=16,
+    lr_schedule="exp", lr_final=0.01,            # RESULTS.md, issue 10: chosen on validation
+    cae_images=20000, cae_epochs=2, cae_lr=0.005, cae_momentum=0.9, cae_batch_size=16,
     cae_noise=0.0, cae_maps=20, cae_kernel=7, cae_pool=2,
+    cae_lr_schedule="decay", cae_lr_final=1.0, cae_patience=0, cae_init_scale=1.0,
+    cae_rescale="activation", diag_images=512,
     fig_images=50000, fig_epochs=5, init="cae",
 )
+#: Values of the options added after a run was saved that reproduce what it did (--resume of
+#: a config.json without them).
+LEGACY = dict(lr_schedule="decay", lr_final=1.0, cae_lr_schedule="decay", cae_lr_final=1.0,
+              cae_patience=0, cae_init_scale=0.1, cae_rescale="none", diag_images=512)
 # Options that belong to the machine running the command, not to the experiment: on --resume
 # they are taken from the command line; everything else comes from the saved config.json.
 RUNTIME_KEYS = ("backend", "emulate", "data_dir", "no_download", "threads", "jobs", "progress",
@@ -235,6 +245,14 @@ def build_parser():
     g.add_argument("--lr-decay", type=_float, default=None,
                    help=f"CNN learning rate multiplied by this after every epoch (default: "
                         f"{both('lr_decay')})")
+    g.add_argument("--lr-schedule", choices=("decay", "exp", "cosine"), default=None,
+                   help=f"CNN learning-rate schedule: decay (lr x --lr-decay per epoch), or "
+                        f"annealed over the planned --epochs from lr to lr x --lr-final, "
+                        f"geometrically (exp) or on a half cosine (default: "
+                        f"{both('lr_schedule')})")
+    g.add_argument("--lr-final", type=_float, default=None,
+                   help=f"annealed schedules end at lr x this, in (0, 1] (default: "
+                        f"{both('lr_final')})")
     g.add_argument("--batch-size", type=_positive_int, default=None,
                    help=f"CNN mini-batch size, 1 for on-line SGD (default: {both('batch_size')})")
     g.add_argument("--patience", type=_nonneg_int, default=None,
@@ -256,6 +274,26 @@ def build_parser():
     g.add_argument("--cae-batch-size", type=_positive_int, default=None,
                    help=f"CAE mini-batch size, 1 for on-line (default: "
                         f"{both('cae_batch_size')})")
+    g.add_argument("--cae-lr-schedule", choices=("decay", "exp", "cosine"), default=None,
+                   help=f"CAE learning-rate schedule, as --lr-schedule (decay: constant) "
+                        f"(default: {both('cae_lr_schedule')})")
+    g.add_argument("--cae-lr-final", type=_float, default=None,
+                   help=f"annealed CAE schedules end at --cae-lr x this (default: "
+                        f"{both('cae_lr_final')})")
+    g.add_argument("--cae-patience", type=_nonneg_int, default=None,
+                   help=f"CAEs (stack and Fig. 1) stop after this many epochs without a "
+                        f"lower validation loss, 0 for never (default: {both('cae_patience')})")
+    g.add_argument("--cae-init-scale", type=_float, default=None,
+                   help=f"the stack's CAE filters start uniform in +-this x the LeCun bound "
+                        f"(default: {both('cae_init_scale')})")
+    g.add_argument("--cae-rescale", choices=("none", "activation"), default=None,
+                   help=f"CAE init of the CNN: copy the filters as trained (none), or rescale "
+                        f"each convolution so its pre-activation spread equals the random "
+                        f"init's on the same validation images (activation) (default: "
+                        f"{both('cae_rescale')})")
+    g.add_argument("--diag-images", type=_positive_int, default=None,
+                   help=f"validation images for the diagnostics (effective rank, saturation) "
+                        f"of the stack and the CNNs (default: {both('diag_images')})")
     g.add_argument("--cae-noise", type=_float, default=None,
                    help=f"share of input pixels zeroed (binomial noise) for the stack's CAEs and "
                         f"the 'cae' experiment (default: {both('cae_noise')})")
@@ -333,6 +371,12 @@ def validate_config(cfg):
             bad(f"--{k.replace('_', '-')} must be in [0, 1), got {cfg[k]}")
     if not 0 < cfg["lr_decay"] <= 1:
         bad(f"--lr-decay must be in (0, 1], got {cfg['lr_decay']}")
+    for k in ("lr_final", "cae_lr_final"):
+        if not 0 < cfg[k] <= 1:
+            bad(f"--{k.replace('_', '-')} is a fraction of the starting rate in (0, 1], got "
+                f"{cfg[k]}")
+    if not cfg["cae_init_scale"] > 0:
+        bad(f"--cae-init-scale must be > 0, got {cfg['cae_init_scale']}")
     if not 0 <= cfg["cae_noise"] < 1:
         bad(f"--cae-noise must be a share of pixels in [0, 1), got {cfg['cae_noise']}")
     if cfg["emulate"] and cfg["backend"] not in ("cupy", "numba"):
@@ -403,7 +447,7 @@ def make_splits(labels, n_val, sizes, n_cae, seed):
 class Run:
     def __init__(self, cfg, backend, ds, out, trainer):
         self.cfg, self.be, self.ds, self.out, self.trainer = cfg, backend, ds, out, trainer
-        self.results = {"fig1": {}, "stacks": {}, "cnn": {}, "cae": {}}
+        self.results = {"fig1": {}, "stacks": {}, "cnn": {}, "cae": {}, "diagnostics": {}}
         self.figures = []
         self.in_channels = ds.train_x.shape[1]
         self.input_hw = tuple(ds.train_x.shape[2:])
@@ -445,13 +489,16 @@ class Run:
         from .train import SGD
         c = self.cfg
         return SGD(lr=c["cae_lr"], epochs=c["cae_epochs"] if epochs is None else epochs,
-                   batch_size=c["cae_batch_size"], momentum=c["cae_momentum"])
+                   batch_size=c["cae_batch_size"], momentum=c["cae_momentum"],
+                   schedule=c["cae_lr_schedule"], lr_final=c["cae_lr_final"],
+                   patience=c["cae_patience"])
 
     def cnn_sgd(self):
         from .train import SGD
         c = self.cfg
         return SGD(lr=c["lr"], epochs=c["epochs"], batch_size=c["batch_size"],
-                   momentum=c["momentum"], lr_decay=c["lr_decay"], patience=c["patience"])
+                   momentum=c["momentum"], lr_decay=c["lr_decay"], patience=c["patience"],
+                   schedule=c["lr_schedule"], lr_final=c["lr_final"])
 
     # ------------------------------------------------------------------ one CAE
     def train_cae(self, stage, cae, x, x_val, epochs=None, seed=0):
@@ -554,6 +601,15 @@ class Run:
                 x = encode_batches(be, enc, x, c["eval_batch_size"])
                 x_val = encode_batches(be, enc, x_val, c["eval_batch_size"])
         self.results["stacks"][str(seed)] = res_all
+        from .diagnostics import stack_diagnostics
+        diag = stack_diagnostics(be, stack, ds.train_x[val[:c["diag_images"]]],
+                                 c["eval_batch_size"])
+        self.results["diagnostics"][f"stack-s{seed}"] = diag
+        for d in diag:
+            self.echo(f"[stack-s{seed}] cae{d['layer']}: val loss {d['val_loss']:.4f}, codes "
+                      f"span {d['effective_rank']} of {d['channels']} directions, "
+                      f"{100 * d['saturated']:.1f}% saturated, filters "
+                      f"{d['filter_scale']:.2f} x LeCun")
         return stack
 
     def new_stack(self, seed):
@@ -565,7 +621,7 @@ class Run:
         last_hw = probe.shapes[-1][1:]
         pools = list(self._cnn_pools()[:-1]) + [2 if min(last_hw) >= 2 else 1]
         return CAEStack(self.be, self.in_channels, c["maps"], c["kernels"], pools,
-                        noise=c["cae_noise"], seed=seed)
+                        noise=c["cae_noise"], seed=seed, init_scale=c["cae_init_scale"])
 
     def _cnn_pools(self):
         n = len(self.cfg["maps"])
@@ -578,9 +634,8 @@ class Run:
         c, be, ds = self.cfg, self.be, self.ds
         cnn = CNN(be, self.in_channels, self.input_hw, self.n_classes, c["maps"], c["kernels"],
                   self._cnn_pools(), c["hidden"], seed=[seed, size])
-        if stack is not None:
-            cnn.init_from_caes(stack)
         stage = f"cnn-{init}-n{size}-s{seed}"
+        diag = self._init_cnn(cnn, stage, seed, size, stack, ds.train_x[val[:c["diag_images"]]])
         self.echo(f"== {stage}: {cnn.describe()}, {init} init, {size} training images")
 
         def final(model):
@@ -602,8 +657,29 @@ class Run:
             self.echo(f"[{stage}] test error {res['test_error']:.2f}% on {res['test_images']} "
                       f"test images (best epoch {res['best_epoch']})")
         self.results["cnn"][stage] = res
+        self.results["diagnostics"][stage] = {"init": diag}
         self._curves(stage)
         return res
+
+    def _init_cnn(self, cnn, stage, seed, size, stack, x_diag):
+        """Copy the stack into ``cnn`` (and rescale it, ``--cae-rescale activation``);
+        return the diagnostics of its starting weights (and the rescaling factors)."""
+        from .diagnostics import cnn_diagnostics, match_activation_spread
+        from .models import CNN
+        c, be = self.cfg, self.be
+        factors = None
+        if stack is not None:
+            cnn.init_from_caes(stack)
+            if c["cae_rescale"] == "activation":
+                ref = CNN(be, self.in_channels, self.input_hw, self.n_classes, c["maps"],
+                          c["kernels"], self._cnn_pools(), c["hidden"], seed=[seed, size])
+                factors = match_activation_spread(be, cnn, ref, x_diag, c["eval_batch_size"])
+        d = cnn_diagnostics(be, cnn, x_diag, c["eval_batch_size"])
+        self.echo(f"[{stage}] at init: " + ", ".join(
+            f"{x['name']} spans {x['effective_rank']}/{x['channels']} directions, "
+            f"{100 * x['saturated']:.1f}% saturated" for x in d)
+            + (f" (rescaled x {', '.join(f'{f:.2f}' for f in factors)})" if factors else ""))
+        return {"layers": d, "rescale_factors": factors}
 
     def table(self, seeds, inits=("random", "cae"), sizes=None):
         c, ds = self.cfg, self.ds
@@ -650,7 +726,8 @@ def _fmt_paper(v):
     return "—" if v is None else f"{v:.2f}"
 
 
-def results_markdown(cfg, rows, fig1, n_test, backend_desc, wall, cnn_runs=None):
+def results_markdown(cfg, rows, fig1, n_test, backend_desc, wall, cnn_runs=None,
+                     diagnostics=None):
     lines = [f"# scae-np results: {cfg['dataset']}, experiment `{cfg['experiment']}`", ""]
     lines.append(f"Backend: {backend_desc}. Wall time: {wall:.0f} s.")
     lines.append("")
@@ -672,15 +749,21 @@ def results_markdown(cfg, rows, fig1, n_test, backend_desc, wall, cnn_runs=None)
                   "weights, and there is no test error to report.", ""]
     if cnn_runs:
         lines += ["### Every CNN run", "", "| run | init | training images | seed | epochs (best) "
-                  "| validation error % | test error % | training time s |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|"]
+                  "| converged | validation error % | test error % | training time s |",
+                  "|---|---|---:|---:|---:|---|---:|---:|---:|"]
         for stage, r in cnn_runs.items():
             best_val = "—" if r.get("best_val") is None else f"{r['best_val']:.2f}"
             test = f"{r['test_error']:.2f}" if "test_error" in r else "— (not trained)"
+            conv = {True: "yes", False: "**no**", None: "—"}[r.get("converged")]
             lines.append(f"| {stage} | {r['init']} | {r['size']} | {r['seed']} | {r['epochs']} "
-                         f"({r['best_epoch']}) | {best_val} | {test} | "
+                         f"({r['best_epoch']}) | {conv} | {best_val} | {test} | "
                          f"{r['train_time_s']:.0f} |")
         lines.append("")
+        if any(r.get("converged") is False for r in cnn_runs.values()):
+            lines += ["Not converged: the best validation epoch is the last one and validation "
+                      "was still moving; raise --epochs (and continue with --resume).", ""]
+    if diagnostics:
+        lines += diagnostics_markdown(diagnostics, cfg)
     if fig1:
         lines += ["## Fig. 1 CAEs", "", "| CAE | validation loss (half squared error per image and channel) "
                   "| MSE / pixel |", "|---|---:|---:|"]
@@ -689,6 +772,32 @@ def results_markdown(cfg, rows, fig1, n_test, backend_desc, wall, cnn_runs=None)
                          f"{r.get('val_mse', float('nan')):.5f} |")
         lines += ["", "Filters: `figures/fig1_filters.png`.", ""]
     return "\n".join(lines) + "\n"
+
+
+def diagnostics_markdown(diagnostics, cfg):
+    """The stack and CNN-init diagnostics of a run (scae_np.diagnostics) as markdown."""
+    from .diagnostics import compare_inits, stack_lines
+    lines = [f"## Diagnostics ({cfg['diag_images']} validation images)", "",
+             "Effective rank: principal directions of the codes (channel vectors over images "
+             "and positions) that hold 99% of their variance; saturated: share of scaled-tanh "
+             "outputs beyond 95% of its range; filter scale: filter RMS over the LeCun RMS.",
+             ""]
+    for name, diag in diagnostics.items():
+        if name.startswith("stack-"):
+            lines += [f"**{name}** (each CAE's codes, pooled):", ""] + stack_lines(diag) + [""]
+    pairs = {}
+    for name, d in diagnostics.items():
+        if name.startswith("cnn-"):
+            _, init, rest = name.split("-", 2)
+            pairs.setdefault(rest, {})[init] = d["init"]
+    for rest, p in pairs.items():
+        if "cae" in p and "random" in p:
+            f = p["cae"].get("rescale_factors")
+            lines += [f"**CNN at initialisation, {rest}**"
+                      + (f" (CAE filters rescaled x {', '.join(f'{v:.2f}' for v in f)})"
+                         if f else "") + ":", ""]
+            lines += compare_inits(p["cae"]["layers"], p["random"]["layers"]) + [""]
+    return lines
 
 
 def _describe_backend(be):
@@ -704,11 +813,13 @@ def _describe_backend(be):
 #: its epochs is extended; fewer epochs than a stage already trained are refused.
 RESUME_EPOCHS = {"epochs": ("cnn",), "cae_epochs": ("stack", "cae"), "fig_epochs": ("fig1",)}
 #: SGD settings: they apply to the stages not started yet (a started stage keeps its own).
-RESUME_NEXT_STAGES = {k: ("cnn",) for k in ("lr", "momentum", "lr_decay", "batch_size")}
+RESUME_NEXT_STAGES = {k: ("cnn",) for k in ("lr", "momentum", "lr_decay", "batch_size",
+                                             "lr_schedule", "lr_final")}
 RESUME_NEXT_STAGES.update({k: ("fig1", "stack", "cae")
-                           for k in ("cae_lr", "cae_momentum", "cae_batch_size")})
+                           for k in ("cae_lr", "cae_momentum", "cae_batch_size",
+                                     "cae_lr_schedule", "cae_lr_final")})
 #: early stopping: applies from now on to every stage not finished.
-RESUME_UNFINISHED = {"patience": ("cnn",)}
+RESUME_UNFINISHED = {"patience": ("cnn",), "cae_patience": ("fig1", "stack", "cae")}
 # Every other option (dataset, experiment, seeds, sizes, splits, architectures, noise ...)
 # shapes what was already trained: --resume refuses a new value.
 
@@ -966,7 +1077,7 @@ def _load_resumed(args, argv, out):
     given = given_options(argv)
     with open(os.path.join(out, "config.json")) as f:
         saved = json.load(f)
-    cfg = dict(saved["config"])
+    cfg = dict(LEGACY, **saved["config"])
     if cfg["dataset"] != args.dataset:
         raise UserError(f"--resume: the run in {out} is on {cfg['dataset']}, not "
                         f"{args.dataset}")
@@ -1093,10 +1204,11 @@ def _run(args, argv, ctx):
                "paper_note": PAPER_NOTE, "fig1": run.results["fig1"],
                "stacks": run.results["stacks"], "cnn": run.results["cnn"],
                "cae": run.results["cae"], "embedding": run.results.get("embedding"),
+               "diagnostics": run.results["diagnostics"],
                "figures": sorted(set(run.figures))}
     write_json(os.path.join(out, "results.json"), results)
     md = results_markdown(cfg, rows, run.results["fig1"], len(run.test_x), backend_desc, wall,
-                          run.results["cnn"])
+                          run.results["cnn"], run.results["diagnostics"])
     from .train import _atomic_write_text
     md = summary.with_verdict(md, cfg, rows)
     _atomic_write_text(os.path.join(out, "results.md"), md)

@@ -89,6 +89,12 @@ def verdict_lines(cfg, rows):
                       f"distinguishable from seed-to-seed noise."))
     if out:
         quick = cfg.get("experiment") == "default"
+        if quick and any(r.get("cae") and r.get("random") and r["cae"]["mean"] > r["random"]["mean"]
+                         for r in rows):
+            out.append("**The quick preset cannot show CAE init >= random init within minutes** "
+                       "on a CPU: its stack and CNNs are trained far less than the validated "
+                       "recipe. See RESULTS.md (stack diagnostics, recipe and Table 1 at 1k) "
+                       "before reading this table as the paper's result.")
         out.append(("This was the quick preset (short training, not converged). " if quick
                     else "") + "RESULTS.md has the full protocol (more epochs, 1k/10k/50k "
                    "training images, several seeds): its numbers, commands and a discussion.")

@@ -4,11 +4,14 @@ One *stage* is one model trained by SGD (a CAE, one layer of a CAE stack, a CNN)
 
 * shuffles the training images every epoch with its own RNG (seeded from the run's seed and
   the stage's name, so stages are independent and a resumed run draws the same numbers);
-* runs on-line (``batch_size=1``) or mini-batch SGD with optional momentum and a per-epoch
-  learning-rate decay ``lr_epoch = lr * lr_decay ** epoch``;
+* runs on-line (``batch_size=1``) or mini-batch SGD with optional momentum and a learning-rate
+  schedule (:meth:`SGD.lr_at`): ``decay``, ``lr * lr_decay ** epoch``; or annealed over the
+  planned epochs (``horizon``, fixed when the stage starts) from ``lr`` down to
+  ``lr * lr_final`` at the last planned epoch, ``exp`` (geometric) or ``cosine``;
 * evaluates the validation split after every epoch (error % for a CNN, reconstruction loss
   for a CAE), keeps the parameters of the best epoch, stops early after ``patience`` epochs
-  without improvement, and ends with the best parameters;
+  without improvement, and ends with the best parameters; the result says whether the stage
+  ``converged`` (:func:`converged`);
 * stops with :class:`Diverged` (a :class:`TrainingError`) when training diverges, by the rule
   below;
 * writes, after every epoch, a checkpoint ``checkpoints/<stage>.npz`` atomically (temp file +
@@ -120,12 +123,35 @@ class SGD:
     momentum: float = 0.0
     lr_decay: float = 1.0
     patience: int = 0           # epochs without validation improvement before stopping; 0: off
+    schedule: str = "decay"     # "decay": lr * lr_decay**epoch; "exp"/"cosine": annealed
+    lr_final: float = 1.0       # annealed schedules end at lr * lr_final (a fraction of lr)
+    horizon: int = 0            # epochs the annealing spans; 0: ``epochs`` (set at the start)
 
     #: fields a resumed stage takes from the caller; the others stay as the stage started
+    #: (``horizon`` among them: more epochs after it continue at ``lr * lr_final``)
     RESUMABLE = ("epochs", "patience")
+    SCHEDULES = ("decay", "exp", "cosine")
+
+    def __post_init__(self):
+        if self.schedule not in self.SCHEDULES:
+            raise ValueError(f"schedule must be one of {self.SCHEDULES}, got {self.schedule!r}")
+        if not 0 < float(self.lr_final) <= 1:
+            raise ValueError(f"lr_final is a fraction of the starting rate in (0, 1], got "
+                             f"{self.lr_final!r}")
+
+    def planned(self):
+        """These settings with the annealing horizon fixed (``epochs`` if not set)."""
+        return self if self.horizon else dataclasses.replace(self, horizon=int(self.epochs))
 
     def lr_at(self, epoch):
-        return self.lr * self.lr_decay ** epoch
+        """The learning rate of epoch ``epoch`` (0-based)."""
+        if self.schedule == "decay":
+            return self.lr * self.lr_decay ** epoch
+        h = int(self.horizon or self.epochs)
+        t = min(epoch, h - 1) / (h - 1) if h > 1 else 1.0
+        if self.schedule == "exp":
+            return self.lr * float(self.lr_final) ** t
+        return self.lr * (self.lr_final + (1.0 - self.lr_final) * 0.5 * (1.0 + math.cos(math.pi * t)))
 
     def resumed(self, saved):
         """The settings of a stage that started with ``saved`` (a dict from its checkpoint)
@@ -504,6 +530,7 @@ class Trainer:
         if n == 0:
             raise ValueError(f"stage {stage}: no training images")
         rng = np.random.default_rng(stage_seed(seed, stage))
+        sgd = sgd.planned()
         state = _new_state()
         best_params = None
         ck = self.restore(stage)
@@ -696,6 +723,10 @@ class Trainer:
                   "lr": sgd.lr}
         if state["history"]:
             result["final_train_loss"] = state["history"][-1]["train_loss"]
+        result["stopped_early"] = bool(state.get("stopped_early"))
+        result["converged"], result["converged_why"] = converged(
+            [r.get("val_error", r.get("val_loss")) for r in state["history"]],
+            state["best_epoch"], sgd.patience, kind)
         if final_eval is not None:
             result.update(final_eval(model))
         model.save(self.weights_path(stage))
@@ -703,6 +734,37 @@ class Trainer:
         state["result"] = result
         self._save_ckpt(stage, kind, sgd, params, velocity, rng, model, state, best_params)
         self.stages_finished += 1
+
+
+#: Validation metric changes up to this are "flat" (CNN: error points; 0.1 is 5 images of
+#: 5,000; CAE: a share of the best loss).
+FLAT_CNN_POINTS = 0.1
+FLAT_CAE_SHARE = 0.002
+#: Epochs the flatness is judged on when the stage has no patience.
+FLAT_WINDOW = 3
+
+
+def converged(vals, best_epoch, patience=0, kind="cnn"):
+    """(converged, why) for a stage's validation metrics ``vals`` (one per epoch, lower is
+    better) and its best epoch (1-based): converged if the best epoch is not the last one
+    (validation stopped improving: early stopping or the epochs ran out after the best), or
+    if the validation metric stayed flat over the last ``max(patience, 3)`` epochs (its range
+    there at most :data:`FLAT_CNN_POINTS` points / :data:`FLAT_CAE_SHARE` of the best loss).
+    Without validation there is no evidence: (None, ...)."""
+    vals = [v for v in vals if v is not None]
+    if not vals or not best_epoch:
+        return None, "no validation metric"
+    n = len(vals)
+    if best_epoch < n:
+        return True, f"best epoch {best_epoch} of {n}: validation stopped improving"
+    w = max(int(patience or 0), FLAT_WINDOW)
+    if n >= w + 1:
+        tail = vals[-(w + 1):]
+        tol = FLAT_CNN_POINTS if kind == "cnn" else FLAT_CAE_SHARE * abs(min(vals))
+        if max(tail) - min(tail) <= tol:
+            return True, (f"best epoch is the last ({n}), but validation moved at most "
+                          f"{max(tail) - min(tail):.3g} over the last {w} epochs (flat)")
+    return False, f"best epoch is the last ({n}): still improving, train longer"
 
 
 def _bar(n, desc, enabled):

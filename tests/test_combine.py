@@ -1,5 +1,7 @@
 import json
 
+import numpy as np
+
 import pytest
 
 from scae_np.combine import main
@@ -38,3 +40,19 @@ def test_repeated_seed_is_an_error(tmp_path):
 def test_missing_results_names_the_file(tmp_path):
     with pytest.raises(SystemExit, match="results.json not found"):
         main([str(tmp_path)])
+
+
+def test_paired_difference_and_its_t_interval():
+    from scae_np.combine import paired_difference, t95
+    cae = [(0, 5.0, "a"), (1, 6.0, "b"), (2, 4.0, "c"), (9, 1.0, "z")]
+    rnd = [(0, 6.0, "d"), (1, 6.5, "e"), (2, 5.5, "f")]
+    d = paired_difference(cae, rnd)          # seed 9 has no partner: left out
+    # differences -1.0, -0.5, -1.5: mean -1, sd 0.5, half width 4.303 * 0.5 / sqrt(3)
+    assert d["n"] == 3 and d["seeds"] == [0, 1, 2] and d["wins"] == 3
+    assert d["mean"] == pytest.approx(-1.0)
+    half = 4.303 * 0.5 / np.sqrt(3)
+    assert d["ci95"] == (pytest.approx(-1.0 - half), pytest.approx(-1.0 + half))
+    assert paired_difference(cae[:1], rnd) is None
+    assert t95(4) == 2.776 and 1.96 < t95(100) < 2.0
+    with pytest.raises(ValueError):
+        t95(0)

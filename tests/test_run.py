@@ -32,7 +32,8 @@ TINY = ["--maps", "4,5,6", "--kernels", "5,5,3", "--hidden", "8", "--cae-maps", 
         "--cae-kernel", "5", "--sizes", "30", "--val-images", "12", "--cae-images", "24",
         "--fig-images", "24", "--epochs", "2", "--cae-epochs", "1", "--fig-epochs", "1",
         "--batch-size", "5", "--cae-batch-size", "6", "--lr", "0.01", "--no-progress",
-        "--backend", "numpy"]
+        "--backend", "numpy", "--lr-schedule", "decay", "--lr-decay", "0.95",
+        "--cae-rescale", "none", "--cae-init-scale", "0.1"]
 
 
 def _strokes(rng, labels):

@@ -117,3 +117,58 @@ def test_divergence_rule_never_fires_on_a_healthy_cae_with_a_tiny_loss(tmp_path)
         else:
             res = fit()
             assert res["epochs"] == 3 and res["final_train_loss"] < 1e-5
+
+
+# ----------------------------------------------------------------- schedules, convergence
+@pytest.mark.parametrize("schedule", ["exp", "cosine"])
+def test_annealed_schedules_end_at_lr_final_and_fall_monotonically(schedule):
+    sgd = SGD(lr=0.1, epochs=11, schedule=schedule, lr_final=0.01).planned()
+    lrs = [sgd.lr_at(e) for e in range(14)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[10] == pytest.approx(0.001)
+    assert all(a > b for a, b in zip(lrs[:10], lrs[1:11]))
+    assert lrs[11:] == [pytest.approx(0.001)] * 3        # after the horizon: the final rate
+    if schedule == "exp":
+        assert lrs[5] == pytest.approx(0.1 * 0.01 ** 0.5)
+    else:
+        assert lrs[5] == pytest.approx(0.1 * (0.01 + 0.99 * 0.5))
+    assert SGD(lr=0.1, epochs=3, lr_decay=0.5).lr_at(2) == pytest.approx(0.025)
+    with pytest.raises(ValueError, match="schedule"):
+        SGD(lr=0.1, schedule="linear")
+    with pytest.raises(ValueError, match="lr_final"):
+        SGD(lr=0.1, schedule="exp", lr_final=0.0)
+
+
+def test_converged_rule():
+    from scae_np.train import converged
+    assert converged([5, 4, 3, 3.5], 3, 0)[0] is True             # best epoch not the last
+    assert converged([9, 6, 5, 4], 4, 0)[0] is False              # still improving
+    assert converged([9, 5, 5.0, 4.98, 4.95], 5, 3)[0] is True     # flat over the window
+    assert converged([9, 5, 5.0, 4.98, 4.5], 5, 3)[0] is False
+    assert converged([], 0, 0)[0] is None
+
+
+def test_an_annealed_stage_resumes_to_the_same_numbers_and_reports_convergence(tmp_path):
+    be = get_backend("numpy")
+    rng = np.random.default_rng(0)
+    x = rng.random((20, 1, 8, 8)).astype(np.float32)
+    y = (np.arange(20) % 3).astype(np.int64)
+
+    def net():
+        return CNN(be, 1, (8, 8), 3, maps=(3,), kernels=(3,), pools=(2,), hidden=0, seed=1)
+    sgd = SGD(lr=0.05, epochs=5, batch_size=4, momentum=0.9, schedule="cosine", lr_final=0.01,
+              patience=2)
+    a = Trainer(be, str(tmp_path / "a"), progress=False, echo=lambda m: None)
+    ra = a.fit("s", net(), "cnn", x, y, sgd, 0, x_val=x, y_val=y)
+    b = Trainer(be, str(tmp_path / "b"), progress=False, echo=lambda m: None,
+                stop_after_epochs=2)
+    with pytest.raises(Exception, match="stopped after 2"):
+        b.fit("s", net(), "cnn", x, y, sgd, 0, x_val=x, y_val=y)
+    b = Trainer(be, str(tmp_path / "b"), progress=False, echo=lambda m: None, resume=True)
+    rb = b.fit("s", net(), "cnn", x, y, sgd, 0, x_val=x, y_val=y)
+    strip = lambda r: {k: v for k, v in r.items() if k != "train_time_s"}
+    assert strip(ra) == strip(rb)
+    assert "converged" in ra and ra["converged"] in (True, False)
+    meta = json.loads(str(load_npz(tmp_path / "b" / "checkpoints" / "s.npz")["meta"]))
+    assert meta["sgd"]["horizon"] == 5 and meta["sgd"]["schedule"] == "cosine"
+    lrs = [json.loads(line)["lr"] for line in open(tmp_path / "b" / "metrics.jsonl")]
+    assert lrs[0] == pytest.approx(0.05) and lrs[-1] < lrs[0]
