@@ -233,6 +233,20 @@ def threads(request, monkeypatch):
             ctl[1](old_b)
 
 
+def _paired_steps(kind, torch):
+    """One numpy model and its torch twin (same weights), validated against each other;
+    returns (numpy step, torch step) as argument-free callables on one batch."""
+    be = bl.get_backend("numpy")
+    x, y = batch()
+    _validate(kind, _model(kind, be), be, torch, x, y)
+    model = _model(kind, be)
+    tstep, _ = (torch_cnn if kind == "cnn" else torch_cae)(torch, model.state_dict())
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+    if kind == "cnn":
+        return (lambda: model.train_step(x, y, LR)), (lambda: tstep(tx, ty))
+    return (lambda: model.train_step(x, LR)), (lambda: tstep(tx))
+
+
 @pytest.mark.parametrize("kind", ["cnn", "cae"])
 def test_train_step_paired(benchmark, kind, threads):
     """numpy step and torch step *interleaved* (torch in pedantic's untimed setup, timed
@@ -243,22 +257,17 @@ def test_train_step_paired(benchmark, kind, threads):
     torch = bl.torch_module()
     if torch is None:
         pytest.skip("torch is not installed")
-    be = bl.get_backend("numpy")
-    x, y = batch()
-    _validate(kind, _model(kind, be), be, torch, x, y)
-    model = _model(kind, be)
-    tstep, _ = (torch_cnn if kind == "cnn" else torch_cae)(torch, model.state_dict())
-    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+    np_fn, t_fn = _paired_steps(kind, torch)
     t_torch, t_numpy = [], []
 
     def torch_round():
         t0 = time.perf_counter()
-        tstep(tx, ty) if kind == "cnn" else tstep(tx)
+        t_fn()
         t_torch.append(time.perf_counter() - t0)
 
     def numpy_round():
         t0 = time.perf_counter()
-        model.train_step(x, y, LR) if kind == "cnn" else model.train_step(x, LR)
+        np_fn()
         t_numpy.append(time.perf_counter() - t0)
 
     for _ in range(2):                                   # warm-up both
@@ -287,15 +296,8 @@ def test_train_step_paired(benchmark, kind, threads):
 # ------------------------------------------------------------------ command line: paired
 def _set_threads(n, torch):
     """NumPy side (the project's pool + BLAS) and torch on ``n`` threads."""
-    import os
     from kernels import numpy_threads
-    if hasattr(numpy_threads, "set_threads"):
-        numpy_threads.set_threads(n)
-    else:                                   # the API before issue 15
-        os.environ["SCAE_NP_THREADS"] = str(n)
-        ctl = numpy_threads.blas_controls()
-        if ctl:
-            ctl[1](n)
+    numpy_threads.set_threads(n)
     torch.set_num_threads(n)
 
 
@@ -305,15 +307,7 @@ def paired(kind, threads, rounds, warmup=3):
     import time
     torch = bl.torch_module()
     _set_threads(threads, torch)
-    be = bl.get_backend("numpy")
-    x, y = batch()
-    _validate(kind, _model(kind, be), be, torch, x, y)
-    model = _model(kind, be)
-    tstep, _ = (torch_cnn if kind == "cnn" else torch_cae)(torch, model.state_dict())
-    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-    np_fn = ((lambda: model.train_step(x, y, LR)) if kind == "cnn"
-             else (lambda: model.train_step(x, LR)))
-    t_fn = (lambda: tstep(tx, ty)) if kind == "cnn" else (lambda: tstep(tx))
+    np_fn, t_fn = _paired_steps(kind, torch)
     tn, tt = [], []
 
     def timed(fn, out):
