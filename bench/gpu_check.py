@@ -16,6 +16,11 @@
     the program the tool watches; CuPy's memory pool is turned off when
     ``SCAE_NP_CHECK_NO_POOL=1`` so memcheck sees every allocation's exact bounds.
 
+``python bench/gpu_check.py counts (--junit FILE.xml | --bench FILE.json)``
+    How many tests passed / failed / were skipped (a pytest junit XML), or how many
+    benchmarks were timed (a pytest-benchmark JSON); exits 1 when nothing passed or was
+    timed -- a GPU tier where every test skipped is no check.
+
 ``python bench/gpu_check.py summary OUTDIR --mode gpu|rehearse --seconds S``
     OUTDIR/summary.json from OUTDIR/steps.jsonl (one JSON line per step, written by the
     shell script) and OUTDIR/env.json. Exits 1 when a step failed or timed out.
@@ -157,8 +162,8 @@ def _pool_inputs(op, rng, ref, n, c, h, w, k):
 def run_ops(backends, emulate, versions, small=False):
     from kernels import get_backend
     from kernels.testing import CONV_OPS, POOL_OPS, assert_op_close
-    if os.environ.get("SCAE_NP_CHECK_NO_POOL") == "1" and not emulate:
-        import cupy
+    if os.environ.get("SCAE_NP_CHECK_NO_POOL") == "1" and not emulate and "cupy" in backends:
+        import cupy                   # every array its own cudaMalloc: exact bounds for memcheck
         cupy.cuda.set_allocator(None)
         cupy.cuda.set_pinned_memory_allocator(None)
     ref = get_backend("numpy")
@@ -212,6 +217,33 @@ def run_ops(backends, emulate, versions, small=False):
     return 1 if bad else 0
 
 
+# ---------------------------------------------------------------------------- counts
+def counts(junit=None, bench=None):
+    if junit is not None:
+        import xml.etree.ElementTree as ET
+        try:
+            root = ET.parse(junit).getroot()
+        except (OSError, ET.ParseError) as e:
+            print(f"cannot read {junit}: {e}")
+            return 1
+        n = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+        for suite in ([root] if root.tag == "testsuite" else root.iter("testsuite")):
+            for k in n:
+                n[k] += int(suite.get(k, 0))
+        passed = n["tests"] - n["failures"] - n["errors"] - n["skipped"]
+        print(f"{passed} passed, {n['failures']} failed, {n['errors']} errors, "
+              f"{n['skipped']} skipped")
+        return 0 if passed > 0 else 1
+    try:
+        with open(bench) as f:
+            timed = len(json.load(f).get("benchmarks", []))
+    except (OSError, ValueError) as e:
+        print(f"cannot read {bench}: {e}")
+        return 1
+    print(f"{timed} benchmarks timed")
+    return 0 if timed > 0 else 1
+
+
 # --------------------------------------------------------------------------- summary
 def summary(outdir, mode, seconds):
     steps = []
@@ -238,8 +270,8 @@ def summary(outdir, mode, seconds):
         json.dump(doc, f, indent=1)
         f.write("\n")
     for s in doc["steps"]:
-        print(f"{s['step']:<22} {s['status']:<28} {s['seconds']:>7.1f} s")
-    print(f"{'total':<22} {'ok' if doc['ok'] else 'FAILED: ' + ', '.join(failed):<28} "
+        print(f"{s['step']:<26} {s['status']:<28} {s['seconds']:>7.1f} s")
+    print(f"{'total':<26} {'ok' if doc['ok'] else 'FAILED: ' + ', '.join(failed):<28} "
           f"{doc['total_seconds']:>7.1f} s")
     return 0 if doc["ok"] else 1
 
@@ -256,6 +288,10 @@ def main(argv=None):
     o.add_argument("--emulate", action="store_true")
     o.add_argument("--versions", choices=("all", "default"), default="all")
     o.add_argument("--small", action="store_true", help="one tiny shape per op")
+    c = sub.add_parser("counts")
+    g = c.add_mutually_exclusive_group(required=True)
+    g.add_argument("--junit")
+    g.add_argument("--bench")
     s = sub.add_parser("summary")
     s.add_argument("outdir")
     s.add_argument("--mode", choices=("gpu", "rehearse"), required=True)
@@ -273,6 +309,8 @@ def main(argv=None):
         return 0
     if a.cmd == "ops":
         return run_ops([b for b in a.backends.split(",") if b], a.emulate, a.versions, a.small)
+    if a.cmd == "counts":
+        return counts(a.junit, a.bench)
     return summary(a.outdir, a.mode, a.seconds)
 
 

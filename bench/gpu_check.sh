@@ -73,6 +73,8 @@ wanted() {   # wanted NAME: true when --only is not given or NAME starts with on
 }
 # step NAME TIMEOUT_S LOG CMD...: run CMD (from the repo root) under a timeout, log its
 # output, append {"step","status","seconds","rc","timeout_s","log"} to steps.jsonl.
+# POST="cmd": after a CMD that exited 0, run cmd too (its output into the log); if it fails
+# the step is "fail (post-check)" -- e.g. a pytest run where every test was skipped.
 step() {
   local name=$1 t=$2 log=$3; shift 3
   wanted "$name" || return 0
@@ -86,6 +88,10 @@ step() {
     124|137) status="timeout (${t} s)" ;;
     *) status="fail (rc $rc)" ;;
   esac
+  if [ $rc = 0 ] && [ -n "${POST:-}" ]; then
+    echo "# post-check: $POST" >> "$OUT/$log"
+    eval "$POST" >> "$OUT/$log" 2>&1 || status="fail (post-check)"
+  fi
   printf '{"step": "%s", "status": "%s", "seconds": %.1f, "rc": %d, "timeout_s": %d, "log": "%s"}\n' \
     "$name" "$status" "$secs" "$rc" "$t" "$log" >> "$OUT/steps.jsonl"
   echo "   $status, $(printf %.1f "$secs") s  (log: $OUT/$log)"
@@ -118,6 +124,7 @@ if [ $REHEARSE = 0 ]; then
   MODE=gpu
   export NUMBA_ENABLE_CUDASIM=0 SCAE_NP_GPU_TESTS=1
   step env 20 env.log $PY bench/gpu_check.py env "$OUT/env.json"
+  POST="$PY bench/gpu_check.py counts --junit $OUT/gpu_tier.xml" \
   SIG=INT step gpu-tier 110 gpu_tier.log $PY -m pytest -m gpu -q -ra -p no:cacheprovider \
     --junitxml "$OUT/gpu_tier.xml" tests
   SAN=$($PY -c "import sys; sys.path.insert(0, 'bench'); import gpu_check as g; print(g.find_sanitizer() or '')" 2>/dev/null)
@@ -144,6 +151,7 @@ if [ $REHEARSE = 0 ]; then
     skip run-cupy "no MNIST in $DATA (carry the four .gz files, see README.md)"
     skip run-numba "no MNIST in $DATA (carry the four .gz files, see README.md)"
   fi
+  POST="$PY bench/gpu_check.py counts --bench $OUT/bench.json" \
   SIG=INT step bench 110 bench.log $PY -m pytest --benchmark-only -q \
     -p no:cacheprovider bench -k "(mnist or train_step) and (cupy or numba or cuda) and not naive" \
     --benchmark-json "$OUT/bench.json"
@@ -155,6 +163,7 @@ else
   export NUMBA_ENABLE_CUDASIM=1
   step env 30 env.log $PY bench/gpu_check.py env "$OUT/env.json" --rehearse
   # the GPU program tier's own test code, on the emulator and the simulator
+  POST="$PY bench/gpu_check.py counts --junit $OUT/gpu_tier.xml" \
   step gpu-tier 240 gpu_tier.log $PY -m pytest -q -ra -p no:cacheprovider \
     -m "(emulator or simulator) and not slow" --junitxml "$OUT/gpu_tier.xml" \
     tests/test_gpu_program.py

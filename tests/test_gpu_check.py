@@ -130,3 +130,22 @@ def test_whole_rehearsal(tmp_path):
         assert steps[name]["status"] == "ok", steps[name]
     res = json.loads((out / "run-cupy" / "results.json").read_text())
     assert np.isfinite(res["table"][0]["cae"]["mean"])
+
+
+def test_counts_fail_when_nothing_ran(tmp_path, capsys):
+    """A GPU tier in which every test skipped (no usable GPU) or a benchmark run that timed
+    nothing is a failed step, not an "ok"."""
+    xml = tmp_path / "t.xml"
+    xml.write_text('<testsuites><testsuite name="pytest" tests="5" failures="0" errors="0" '
+                   'skipped="5"/></testsuites>')
+    assert gpu_check.counts(junit=str(xml)) == 1
+    xml.write_text('<testsuites><testsuite name="pytest" tests="5" failures="1" errors="0" '
+                   'skipped="2"/></testsuites>')
+    assert gpu_check.counts(junit=str(xml)) == 0
+    assert "2 passed, 1 failed, 0 errors, 2 skipped" in capsys.readouterr().out
+    js = tmp_path / "b.json"
+    js.write_text(json.dumps({"benchmarks": []}))
+    assert gpu_check.counts(bench=str(js)) == 1
+    js.write_text(json.dumps({"benchmarks": [{"name": "x"}]}))
+    assert gpu_check.counts(bench=str(js)) == 0
+    assert gpu_check.counts(bench=str(tmp_path / "missing.json")) == 1
