@@ -91,19 +91,22 @@ _PAPER_SETTINGS = dict(
     cae_maps=20, cae_kernel=7, cae_pool=2,                       # the Fig. 1 CAEs: 20@7x7
     cae_lr_schedule="decay", cae_lr_final=1.0, cae_patience=0, init="cae",
 )
+#: The recipe chosen on validation (RESULTS.md, issue 10): annealed CNN schedule, the stack's
+#: CAEs starting at the LeCun scale, its filters rescaled to the random init's activation
+#: spread in the CNN. The quick preset runs the same recipe on a smaller budget.
+_RECIPE = dict(lr_schedule="exp", lr_final=0.01, lr_decay=0.95, cae_init_scale=1.0,
+               cae_rescale="activation")
 QUICK = dict(
-    _PAPER_SETTINGS, seeds=[0], sizes=[1000], val_images=1000,
-    epochs=6, lr_decay=0.9, patience=0, lr_schedule="decay", lr_final=1.0,
-    cae_images=2000, cae_epochs=1, cae_init_scale=0.1, cae_rescale="none", diag_images=256,
+    _PAPER_SETTINGS, **_RECIPE, seeds=[0], sizes=[1000], val_images=1000,
+    epochs=6, patience=0, cae_images=2000, cae_epochs=1, diag_images=256,
     fig_images=3000, fig_epochs=1,
 )
 FULL = dict(
-    _PAPER_SETTINGS, seeds=[0, 1, 2], sizes=[1000, 10000, 50000], val_images=5000,
-    epochs=30, lr_decay=0.95, patience=8,
-    lr_schedule="exp", lr_final=0.01,            # RESULTS.md, issue 10: chosen on validation
-    cae_images=20000, cae_epochs=2, cae_init_scale=1.0, cae_rescale="activation",
-    diag_images=512, fig_images=50000, fig_epochs=5,
+    _PAPER_SETTINGS, **_RECIPE, seeds=[0, 1, 2], sizes=[1000, 10000, 50000], val_images=5000,
+    epochs=30, patience=8, cae_images=20000, cae_epochs=2, diag_images=512,
+    fig_images=50000, fig_epochs=5,
 )
+
 # Random streams: every draw of a run comes from numpy.random.default_rng([seed, tag, ...]),
 # the tags keeping the streams apart (changing one changes a run's numbers). The CNN of a
 # size uses [seed, size]; the stack's CAE i [seed, i] (models.CAEStack).
