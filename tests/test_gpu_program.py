@@ -372,10 +372,12 @@ BOOT = textwrap.dedent("""
 #: The default pipeline (Fig. 1 CAEs, a CAE stack, CNN random vs CAE init) at batch 128 on a
 #: few hundred images with small maps: 18 CNN steps per init, seconds on a GPU. ``learned``:
 #: the CNN stage whose training loss must fall below ``ratio`` x its first epoch's, and the
-#: test error % it must end below (None: not checked). ``--cae-rescale activation`` lets the
-#: CAE-init CNN leave its starting plateau at once: on a plateau every image gets nearly the
-#: same logits, and rounding alone could flip many predictions together.
-RUN_GPU = dict(n_train=700, n_test=300, learned=("cnn-random", 0.3, 20.0), argv=[
+#: test error % it must end below (None: not checked). The preset's recipe otherwise (the
+#: annealed rate, lr to lr/100); ``--cae-rescale activation`` (the preset's too, pinned here)
+#: lets the CAE-init CNN leave its starting plateau at once: on a plateau every image gets
+#: nearly the same logits, and rounding alone could flip many predictions together. NumPy
+#: here: random init 2.17 -> 0.56 training loss, test error 0.3%; CAE init 11.3%.
+RUN_GPU = dict(n_train=700, n_test=300, learned=("cnn-random", 0.5, 20.0), argv=[
     "--maps", "8,12,16", "--kernels", "5,5,3", "--hidden", "32", "--cae-maps", "8",
     "--cae-kernel", "5", "--sizes", "384", "--val-images", "128", "--cae-images", "256",
     "--fig-images", "256", "--epochs", "6", "--cae-epochs", "2", "--fig-epochs", "1",
