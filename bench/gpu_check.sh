@@ -38,8 +38,9 @@
 # MNIST: a GPU machine without network cannot download it. Carry the four .gz files in the
 # repository's ignored folder data/mnist/ (the default --data-dir; see README.md), e.g.
 #   mkdir -p data/mnist && cp ../shared/data/mnist/*-ubyte.gz data/mnist/
-# Environment: PYTHON (default python3). Expects the repository as the working tree
-# (PYTHONPATH is set to it; nothing is installed).
+# Environment: PYTHON (default python3); GPU_CHECK_TIME_PCT (default 100) scales every
+# step's timeout, in percent (e.g. 150 for a slower GPU; the 8-minute total scales with it).
+# Expects the repository as the working tree (PYTHONPATH is set to it; nothing is installed).
 set -u
 usage() { echo "usage: bench/gpu_check.sh OUTDIR [--data-dir DIR] [--rehearse] [--only NAME,...]" >&2; exit 2; }
 [ $# -ge 1 ] || usage
@@ -76,7 +77,7 @@ wanted() {   # wanted NAME: true when --only is not given or NAME starts with on
 # POST="cmd": after a CMD that exited 0, run cmd too (its output into the log); if it fails
 # the step is "fail (post-check)" -- e.g. a pytest run where every test was skipped.
 step() {
-  local name=$1 t=$2 log=$3; shift 3
+  local name=$1 t=$(( $2 * ${GPU_CHECK_TIME_PCT:-100} / 100 )) log=$3; shift 3
   wanted "$name" || return 0
   local s=$(date +%s%N) rc status
   echo "== $name (timeout ${t}s): $*"
