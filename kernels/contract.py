@@ -78,6 +78,9 @@ Switches: which are legal, what is checked, what happens otherwise
                             scans ([kmin, kmax])
     ``unpool2d_backward``   reads dx there             every copy reads dx there
     ======================  =========================  =========================
+
+    For a plane that no window size k fits (``kernels/launch_spec.py``), the ``gather``
+    versions have no window to scan and run the ``naive`` scatter instead (its column).
 """
 from __future__ import annotations
 
