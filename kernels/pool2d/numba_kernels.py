@@ -35,9 +35,9 @@ refused on the host in the simulator; on a GPU nothing checks them, so the scatt
 and ``unpool2d_backward`` reads them as 0 -- never an access outside the plane.
 
 Reading guide (numba here, CUDA C in the .cu files): ``cuda.grid(1)`` is
-``blockIdx.x*blockDim.x + threadIdx.x``; ``x[n, c, h, v]`` replaces the flat offset
-``((n*C + c)*H + h)*W + v`` (no pointer arithmetic: numba arrays carry their shape, CUDA C
-passes sizes as ints); ``dx[n, c, s // W, s % W]`` is ``dx[(size_t)plane*H*W + sw[idx]]``;
+``blockIdx.x*blockDim.x + threadIdx.x``; ``nchw_of`` turns it into a 4-D position, because
+``x[n, c, h, v]`` replaces the flat offset ``((n*C + c)*H + h)*W + v`` (no pointer
+arithmetic: numba arrays carry their shape, CUDA C passes sizes as ints); ``dx[n, c, s // W, s % W]`` is ``dx[(size_t)plane*H*W + sw[idx]]``;
 ``int32(arg)`` is the store into the ``int*`` switches; a zeroed output comes from
 ``rt.zeros`` (``cupy.zeros``: a memset on the stream) before the scatter launch. Kernel names
 match the CUDA C files' one to one; block size and grids are the CUDA C launcher's
@@ -50,6 +50,29 @@ import numpy as np
 from numba import cuda, float32, int32
 
 from ..launch_spec import THREADS, cdiv, gather_window_bracket   # 1-D grids of THREADS
+
+
+# ============================================================================ thread maps
+# Every pooling kernel runs one thread per element of a 4-D array (a 1-D grid of THREADS):
+# these two device functions turn the thread's flat index into the element's 4-D position.
+# CUDA C needs no such step: it indexes the flat arrays (plane = idx / (OH*OW)).
+@cuda.jit(device=True)
+def nchw_of(idx, shape):
+    """(n, c, h, v) of flat index ``idx`` in a C-contiguous array of ``shape`` (N, C, H, W)."""
+    _, C, H, W = shape
+    return idx // (C * H * W), (idx // (H * W)) % C, (idx // W) % H, idx % W
+
+
+@cuda.jit(device=True)
+def pooled_switch(sw, idx, H, W):
+    """For thread ``idx`` of a one-thread-per-pooled-value kernel: its pooled position
+    (n, c, i, j) and the switch there, or -1 for a switch outside the H x W plane (on a GPU
+    nothing checks them: the caller skips it rather than touch memory outside the plane)."""
+    n, c, i, j = nchw_of(idx, sw.shape)
+    s = sw[n, c, i, j]
+    if s < 0 or s >= H * W:
+        s = -1
+    return n, c, i, j, s
 
 
 # ============================================================================ maxpool forward
@@ -66,15 +89,11 @@ def maxpool2d_forward_naive(y, sw, x, k):
     pass over x, memory-bound, nothing to tile. Constraints: grid (ceil(N*C*OH*OW / 256)),
     block (256); remainder rows/columns (H % k, W % k) are never read.
     """
-    N, C, H, W = x.shape
-    OH, OW = H // k, W // k
+    W = x.shape[3]
     idx = cuda.grid(1)
-    if idx >= N * C * OH * OW:
+    if idx >= y.size:
         return
-    j = idx % OW
-    i = (idx // OW) % OH
-    c = (idx // (OW * OH)) % C
-    n = idx // (OW * OH * C)
+    n, c, i, j = nchw_of(idx, y.shape)
     arg = (i * k) * W + j * k
     best = x[n, c, i * k, j * k]
     for p in range(k):
@@ -105,19 +124,13 @@ def maxpool2d_backward_naive(dx, dy, sw):
     scattered (uncoalesced) stores. Constraints: dx zero before the launch; grid
     (ceil(N*C*OH*OW / 256)), block (256).
     """
-    N, C, OH, OW = dy.shape
     W = dx.shape[3]
     idx = cuda.grid(1)
-    if idx >= N * C * OH * OW:
+    if idx >= dy.size:
         return
-    j = idx % OW
-    i = (idx // OW) % OH
-    c = (idx // (OW * OH)) % C
-    n = idx // (OW * OH * C)
-    s = sw[n, c, i, j]
-    if s < 0 or s >= dx.shape[2] * W:           # unchecked on a GPU: skip, never write outside
-        return
-    dx[n, c, s // W, s % W] = dy[n, c, i, j]
+    n, c, i, j, s = pooled_switch(sw, idx, dx.shape[2], W)
+    if s >= 0:                                  # -1: out of range, skipped (never written)
+        dx[n, c, s // W, s % W] = dy[n, c, i, j]
 
 
 def launch_maxpool2d_backward_naive(rt, dy, sw, input_hw):
@@ -138,15 +151,12 @@ def maxpool2d_backward_gather(dx, dy, sw, kmin, kmax):
     (ceil(N*C*H*W / 256)), block (256); each switch must lie in its own window, as the
     forward pass makes them.
     """
-    N, C, OH, OW = dy.shape
-    H, W = dx.shape[2], dx.shape[3]
+    OH, OW = dy.shape[2], dy.shape[3]
+    W = dx.shape[3]
     idx = cuda.grid(1)
-    if idx >= N * C * H * W:
+    if idx >= dx.size:
         return
-    v = idx % W
-    h = (idx // W) % H
-    c = (idx // (W * H)) % C
-    n = idx // (W * H * C)
+    n, c, h, v = nchw_of(idx, dx.shape)
     me = h * W + v
     val = float32(0)
     for i in range(h // kmax, min(h // kmin, OH - 1) + 1):
@@ -179,20 +189,15 @@ def unpool2d_backward_naive(dy, dx, sw):
     read of the switch, one gathered read of dx, one coalesced write. Nothing left to save.
     Constraints: grid (ceil(N*C*OH*OW / 256)), block (256).
     """
-    N, C, OH, OW = dy.shape
     W = dx.shape[3]
     idx = cuda.grid(1)
-    if idx >= N * C * OH * OW:
+    if idx >= dy.size:
         return
-    j = idx % OW
-    i = (idx // OW) % OH
-    c = (idx // (OW * OH)) % C
-    n = idx // (OW * OH * C)
-    s = sw[n, c, i, j]
-    if s < 0 or s >= dx.shape[2] * W:           # unchecked on a GPU: read as 0, never outside
-        dy[n, c, i, j] = float32(0)
-    else:
+    n, c, i, j, s = pooled_switch(sw, idx, dx.shape[2], W)
+    if s >= 0:
         dy[n, c, i, j] = dx[n, c, s // W, s % W]
+    else:                                       # -1: out of range, read as 0 (never outside)
+        dy[n, c, i, j] = float32(0)
 
 
 def launch_unpool2d_backward_naive(rt, dx, sw):
