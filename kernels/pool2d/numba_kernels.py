@@ -224,11 +224,12 @@ DEFAULTS = {
     "unpool2d_backward": "naive",
 }
 
+# kernel name -> (kernel, numba signature of the arrays it is launched with), for the PTX
+# compile check (tests/test_numba_compile.py).
 _F4, _I4 = "float32[:, :, :, ::1]", "int32[:, :, :, ::1]"
-PTX_SIGNATURES = {
-    "maxpool2d_forward_naive": (maxpool2d_forward_naive, f"({_F4}, {_I4}, {_F4}, int64)"),
-    "maxpool2d_backward_naive": (maxpool2d_backward_naive, f"({_F4}, {_F4}, {_I4})"),
-    "maxpool2d_backward_gather": (maxpool2d_backward_gather,
-                                  f"({_F4}, {_F4}, {_I4}, int64, int64)"),
-    "unpool2d_backward_naive": (unpool2d_backward_naive, f"({_F4}, {_F4}, {_I4})"),
-}
+PTX_SIGNATURES = {kernel.py_func.__name__: (kernel, sig) for kernel, sig in [
+    (maxpool2d_forward_naive, f"({_F4}, {_I4}, {_F4}, int64)"),
+    (maxpool2d_backward_naive, f"({_F4}, {_F4}, {_I4})"),
+    (maxpool2d_backward_gather, f"({_F4}, {_F4}, {_I4}, int64, int64)"),
+    (unpool2d_backward_naive, f"({_F4}, {_F4}, {_I4})"),
+]}
