@@ -61,33 +61,24 @@ def test_maxpool2d_forward(be, shape, ties):
         assert_op_close("maxpool2d_forward", be.to_host(got_sw), sw)
 
 
-@pytest.mark.parametrize("version", POOL_LADDER["maxpool2d_backward"])
+SWITCH_OPS = [pytest.param(op, v, id=f"{op}-{v}")
+              for op in ("maxpool2d_backward", "unpool2d_forward", "unpool2d_backward")
+              for v in POOL_LADDER[op]]
+
+
+@pytest.mark.parametrize("op, version", SWITCH_OPS)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
-def test_maxpool2d_backward(be, shape, version):
-    x, _, sw, dy, _ = inputs(shape, ties=True)
-    hw = x.shape[2:]
-    expect = ref.maxpool2d_backward(dy, sw, hw, version="naive")
-    got = be.maxpool2d_backward(*dev(be, dy, sw), hw, version=version)
-    assert_op_close("maxpool2d_backward", be.to_host(got), expect)
-
-
-@pytest.mark.parametrize("version", POOL_LADDER["unpool2d_forward"])
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
-def test_unpool2d_forward(be, shape, version):
-    x, y, sw, _, _ = inputs(shape, ties=False)
-    hw = x.shape[2:]
-    expect = ref.unpool2d_forward(y, sw, hw, version="naive")
-    got = be.unpool2d_forward(*dev(be, y, sw), hw, version=version)
-    assert_op_close("unpool2d_forward", be.to_host(got), expect)
-
-
-@pytest.mark.parametrize("version", POOL_LADDER["unpool2d_backward"])
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
-def test_unpool2d_backward(be, shape, version):
-    _, _, sw, _, dx = inputs(shape, ties=False)
-    expect = ref.unpool2d_backward(dx, sw, version="naive")
-    got = be.unpool2d_backward(*dev(be, dx, sw), version=version)
-    assert_op_close("unpool2d_backward", be.to_host(got), expect)
+def test_switch_driven_ops(be, shape, op, version):
+    """The three ops the switches drive, each against the NumPy loops: the backward pass on
+    switches of a tie-rich input, the unpooling pair on switches of distinct values."""
+    x, _, sw, dy, dx = inputs(shape, ties=(op == "maxpool2d_backward"))
+    if op == "unpool2d_backward":
+        args, hw = (dx, sw), ()
+    else:           # maxpool2d_backward(dy, sw, hw), unpool2d_forward(y, sw, hw)
+        args, hw = (dy, sw), (x.shape[2:],)
+    expect = getattr(ref, op)(*args, *hw, version="naive")
+    got = getattr(be, op)(*dev(be, *args), *hw, version=version)
+    assert_op_close(op, be.to_host(got), expect)
 
 
 def test_versions_and_defaults(be):
