@@ -23,7 +23,8 @@ import numpy as np
 from .backend import Backend, BackendUnavailableError
 from .launch_spec import (BGRAD_THREADS, CONV_TILE, GEMM_BM, GEMM_BN, GEMM_THREADS,
                           GRID_YZ_MAX, INT32_MAX, THREADS, WGRAD_CHUNK, WGRAD_RED_BLOCK,
-                          gather_window_bracket, kernel_name, wgrad_reduce_threads)
+                          gather_window_bracket, kernel_name, one_thread_per,
+                          wgrad_reduce_threads)
 from .launch_spec import cdiv as _cdiv
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -319,8 +320,7 @@ class CupyBackend(Backend):
         y = self._empty((n, c, oh, ow))
         sw = self._empty((n, c, oh, ow), dtype=np.int32)
         self._launch("maxpool2d_forward", kernel_name("maxpool2d_forward", version),
-                     (_cdiv(y.size, THREADS),), (THREADS,),
-                     (y, sw, x, i32(n), i32(c), i32(h), i32(wd), i32(k)))
+                     *one_thread_per(y.size), (y, sw, x, i32(n), i32(c), i32(h), i32(wd), i32(k)))
         return y, sw
 
     def _place_at_switches(self, op, version, src, switches, hw):
@@ -336,11 +336,11 @@ class CupyBackend(Backend):
         out = self._empty((n, c, h, wd), zero=(version == "naive"))
         dims = (i32(n), i32(c), i32(h), i32(wd), i32(oh), i32(ow))
         if version == "naive":     # scatter: one thread per pooled value, into a zeroed plane
-            self._launch(op, kernel_name(op, "naive"), (_cdiv(src.size, THREADS),), (THREADS,),
+            self._launch(op, kernel_name(op, "naive"), *one_thread_per(src.size),
                          (out, src, switches, *dims))
         else:                      # gather: one thread per output pixel
             kmin, kmax = bracket
-            self._launch(op, kernel_name(op, "gather"), (_cdiv(out.size, THREADS),), (THREADS,),
+            self._launch(op, kernel_name(op, "gather"), *one_thread_per(out.size),
                          (out, src, switches, *dims, i32(kmin), i32(kmax)))
         return out
 
@@ -356,6 +356,6 @@ class CupyBackend(Backend):
         _check_int32(n, dx=dx.size)
         dy = self._empty((n, c, oh, ow))
         self._launch("unpool2d_backward", kernel_name("unpool2d_backward", version),
-                     (_cdiv(dy.size, THREADS),), (THREADS,),
+                     *one_thread_per(dy.size),
                      (dy, dx, switches, i32(n), i32(c), i32(h), i32(wd), i32(oh), i32(ow)))
         return dy

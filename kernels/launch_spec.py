@@ -35,6 +35,12 @@ def cdiv(a, b):
     return -(-a // b)
 
 
+def one_thread_per(n):
+    """(grid, block) of a 1-D kernel with one thread per element of an n-element array:
+    blocks of THREADS threads, the last one partly idle (its threads past n return)."""
+    return (cdiv(n, THREADS),), (THREADS,)
+
+
 # ---- conv reductions
 def wgrad_reduce_threads(r):
     """Threads T per dw element of the weight gradient's ``reduce`` and ``warp`` versions,

@@ -37,11 +37,11 @@ and ``unpool2d_backward`` reads them as 0 -- never an access outside the plane.
 Reading guide (numba here, CUDA C in the .cu files): ``cuda.grid(1)`` is
 ``blockIdx.x*blockDim.x + threadIdx.x``; ``nchw_of`` turns it into a 4-D position, because
 ``x[n, c, h, v]`` replaces the flat offset ``((n*C + c)*H + h)*W + v`` (no pointer
-arithmetic: numba arrays carry their shape, CUDA C passes sizes as ints); ``dx[n, c, s // W, s % W]`` is ``dx[(size_t)plane*H*W + sw[idx]]``;
-``int32(arg)`` is the store into the ``int*`` switches; a zeroed output comes from
-``rt.zeros`` (``cupy.zeros``: a memset on the stream) before the scatter launch. Kernel names
-match the CUDA C files' one to one; block size and grids are the CUDA C launcher's
-(``kernels/launch_spec.py``).
+arithmetic: numba arrays carry their shape, CUDA C passes sizes as ints);
+``dx[n, c, s // W, s % W]`` is ``dx[(size_t)plane*H*W + sw[idx]]``; ``int32(arg)`` is the
+store into the ``int*`` switches; a zeroed output comes from ``rt.zeros`` (``cupy.zeros``: a
+memset on the stream) before the scatter launch. Kernel names match the CUDA C files' one to
+one; block size and grids are the CUDA C launcher's (``kernels/launch_spec.py``).
 A simulator example is in ``kernels/conv2d/numba_kernels.py``'s module docstring.
 """
 from __future__ import annotations
@@ -49,11 +49,12 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda, float32, int32
 
-from ..launch_spec import THREADS, cdiv, gather_window_bracket   # 1-D grids of THREADS
+from ..launch_spec import gather_window_bracket, one_thread_per
 
 
 # ============================================================================ thread maps
-# Every pooling kernel runs one thread per element of a 4-D array (a 1-D grid of THREADS):
+# Every pooling kernel runs one thread per element of a 4-D array (a 1-D grid of
+# launch_spec.THREADS-thread blocks, launch_spec.one_thread_per):
 # these two device functions turn the thread's flat index into the element's 4-D position.
 # CUDA C needs no such step: it indexes the flat arrays (plane = idx / (OH*OW)).
 @cuda.jit(device=True)
@@ -110,7 +111,7 @@ def launch_maxpool2d_forward_naive(rt, x, k):
     n, c, h, w = x.shape
     y = rt.empty((n, c, h // k, w // k))
     sw = rt.empty((n, c, h // k, w // k), dtype=np.int32)
-    rt.launch(maxpool2d_forward_naive, cdiv(y.size, THREADS), THREADS, (y, sw, x, k))
+    rt.launch(maxpool2d_forward_naive, *one_thread_per(y.size), (y, sw, x, k))
     return y, sw
 
 
@@ -135,7 +136,7 @@ def maxpool2d_backward_naive(dx, dy, sw):
 
 def launch_maxpool2d_backward_naive(rt, dy, sw, input_hw):
     dx = rt.zeros((dy.shape[0], dy.shape[1], input_hw[0], input_hw[1]))
-    rt.launch(maxpool2d_backward_naive, cdiv(dy.size, THREADS), THREADS, (dx, dy, sw))
+    rt.launch(maxpool2d_backward_naive, *one_thread_per(dy.size), (dx, dy, sw))
     return dx
 
 
@@ -171,7 +172,7 @@ def launch_maxpool2d_backward_gather(rt, dy, sw, input_hw):
     if bracket is None:         # no window size pools input_hw to dy's plane: the scatter
         return launch_maxpool2d_backward_naive(rt, dy, sw, input_hw)
     dx = rt.empty((dy.shape[0], dy.shape[1], input_hw[0], input_hw[1]))
-    rt.launch(maxpool2d_backward_gather, cdiv(dx.size, THREADS), THREADS, (dx, dy, sw, *bracket))
+    rt.launch(maxpool2d_backward_gather, *one_thread_per(dx.size), (dx, dy, sw, *bracket))
     return dx
 
 
@@ -202,7 +203,7 @@ def unpool2d_backward_naive(dy, dx, sw):
 
 def launch_unpool2d_backward_naive(rt, dx, sw):
     dy = rt.empty(sw.shape)
-    rt.launch(unpool2d_backward_naive, cdiv(dy.size, THREADS), THREADS, (dy, dx, sw))
+    rt.launch(unpool2d_backward_naive, *one_thread_per(dy.size), (dy, dx, sw))
     return dy
 
 
