@@ -9,7 +9,7 @@ the ``.cu`` files ``#define`` the constants their kernels need, under these name
 reads module-level ints as compile-time constants (as CUDA C reads a ``#define``), imported
 ones included, so the numba kernels use these very objects.
 
-Imports nothing but the standard library: safe to import before numba's GPU-or-simulator
+Imports nothing (not even NumPy): safe to import before numba's GPU-or-simulator
 mode is chosen (``kernels/numba_backend.py``).
 """
 from __future__ import annotations
