@@ -19,9 +19,10 @@
 #                               (one step per tool and backend: -cupy 45%, -numba 55% of it)
 #   run-cupy            50 s  python -m scae_np.run mnist --backend cupy  (the default pipeline,
 #   run-numba           70 s    shortened by RUN_SHORT below) on the MNIST files of --data-dir
-#   bench              110 s  the MNIST benchmark subset (bench/: paper layers at batch 128,
-#                             every cupy/numba version but naive, torch/cuDNN fp32 + TF32, the
-#                             CNN/CAE training steps) -> bench.json, bench-report/report.md
+#   bench-train-step    40 s  the MNIST benchmark subset (bench/): the CNN/CAE training steps
+#   bench-ops           70 s    at batch 128, then every op at the MNIST layers, every
+#                             cupy/numba version but naive, torch/cuDNN fp32 + TF32
+#                             -> bench-<part>.json, bench-<part>-report/report.md
 #
 # Status per step: "ok", "fail (rc N)", "timeout (T s)", or "skipped: <why>" (no GPU, no
 # compute-sanitizer, no MNIST). Exit status 0 when no step failed or timed out.
@@ -152,13 +153,22 @@ if [ $REHEARSE = 0 ]; then
     skip run-cupy "no MNIST in $DATA (carry the four .gz files, see README.md)"
     skip run-numba "no MNIST in $DATA (carry the four .gz files, see README.md)"
   fi
-  POST="$PY bench/gpu_check.py counts --bench $OUT/bench.json" \
-  SIG=INT step bench 110 bench.log $PY -m pytest --benchmark-only -q \
-    -p no:cacheprovider bench -k "(mnist or train_step) and (cupy or numba or cuda) and not naive" \
-    --benchmark-json "$OUT/bench.json"
-  if [ -s "$OUT/bench.json" ]; then
-    $PY bench/report.py "$OUT/bench.json" -o "$OUT/bench-report" >> "$OUT/bench.log" 2>&1
-  fi
+  # the training steps first (the most telling numbers), then the ops: one JSON each, so a
+  # timeout in one keeps the other
+  for part in train-step ops; do
+    case $part in
+      train-step) t=40; files=bench/bench_train_step.py; k="train_step and (cupy or numba or cuda)" ;;
+      ops) t=70; files="bench/bench_conv2d.py bench/bench_pool2d.py"
+           k="mnist and (cupy or numba or cuda) and not naive" ;;
+    esac
+    POST="$PY bench/gpu_check.py counts --bench $OUT/bench-$part.json" \
+    SIG=INT step bench-$part $t bench_${part//-/_}.log $PY -m pytest --benchmark-only -q \
+      -p no:cacheprovider $files -k "$k" --benchmark-json "$OUT/bench-$part.json"
+    if [ -s "$OUT/bench-$part.json" ]; then
+      $PY bench/report.py "$OUT/bench-$part.json" -o "$OUT/bench-$part-report" \
+        >> "$OUT/bench_${part//-/_}.log" 2>&1
+    fi
+  done
 else
   MODE=rehearse
   export NUMBA_ENABLE_CUDASIM=1
@@ -186,7 +196,8 @@ else
     skip run-cupy "no MNIST in $DATA (carry the four .gz files, see README.md)"
     skip run-numba "no MNIST in $DATA (carry the four .gz files, see README.md)"
   fi
-  skip bench "no GPU"
+  skip bench-train-step "no GPU"
+  skip bench-ops "no GPU"
 fi
 
 SECS=$(secs_since "$T0")

@@ -49,9 +49,9 @@ def test_rehearsal_subset_writes_summary_and_skips_the_gpu_steps(tmp_path):
     assert doc["mode"] == "rehearse" and doc["ok"] and doc["failed"] == []
     assert doc["device"] == "none (CPU rehearsal)"
     assert list(steps) == (["env", "ops-emulated-cupy"] + SANITIZER_STEPS
-                           + ["run-cupy", "run-numba", "bench"])
+                           + ["run-cupy", "run-numba", "bench-train-step", "bench-ops"])
     assert steps["env"]["status"] == "ok" and steps["ops-emulated-cupy"]["status"] == "ok"
-    for name in SANITIZER_STEPS + ["bench"]:
+    for name in SANITIZER_STEPS + ["bench-train-step", "bench-ops"]:
         assert steps[name]["status"] == "skipped: no GPU", steps[name]
     for name in ("run-cupy", "run-numba"):
         assert steps[name]["status"].startswith("skipped: no MNIST in "), steps[name]
