@@ -5,18 +5,28 @@ Versions (ladder order; the CUDA C files carry the same names and thread mapping
 conv2d_forward          naive          thread per y[n,f,i,j]; c,p,q loop from global memory
 conv2d_forward          tiled          16x16 outputs/block; input patch + w[f,c] in smem per c
 conv2d_forward          implicit_gemm  M=N*OH*OW, N=F, K=C*KH*KW; 64x64x8 smem tiles, 4x4/thread
+conv2d_forward          splitk         implicit_gemm over S slices of K (grid z) + splitk_sum: det.
 conv2d_backward_input   naive          thread per dx[n,c,h,v], gathers the dy entries touching it
 conv2d_backward_input   tiled          16x16 dx/block; zero-padded dy patch + w[f,c] in smem per f
 conv2d_backward_input   implicit_gemm  M=N*H*W, N=C, K=F*KH*KW; A = dy (0 outside), 4x4/thread
+conv2d_backward_input   splitk         implicit_gemm over S slices of K (grid z) + splitk_sum: det.
 conv2d_backward_weight  naive          thread per dw[f,c,p,q], loops all (n,i,j): deterministic
 conv2d_backward_weight  atomic         thread per (dw elem, 256 (n,i,j)); cuda.atomic.add: not det.
 conv2d_backward_weight  reduce         T<=32 threads per dw elem, 256/T per block, smem tree: det.
 conv2d_backward_weight  warp           reduce's threads, tree by cuda.shfl_down_sync: no smem, no
                                        barrier; the same bits as reduce
-conv2d_backward_weight  implicit_gemm  M=F, N=C*KH*KW, K=N*OH*OW; one thread per output: det.
+conv2d_backward_weight  implicit_gemm  M=F, N=C*KH*KW, K=N*OH*OW; 4x4/thread, all K per block: det.
+conv2d_backward_weight  splitk         implicit_gemm over S slices of N*OH*OW + splitk_sum: det.,
+                                       >= 132 blocks (S: kernels/launch_spec.py)
 conv2d_backward_bias    naive          thread per db[f], loops n,i,j
 conv2d_backward_bias    reduce         256-thread block per db[f], smem tree: deterministic
 conv2d_backward_bias    warp           256-thread block per db[f], shuffles per warp + 1 barrier
+conv2d_backward_bias    split          S blocks per db[f]; the last to finish adds the S partials
+                                       (threadfence + atomic ticket): det., one launch
+(helper)                splitk_sum     out[e] = sum_s ws[s, e] in a fixed order: the 2nd pass
+
+The ``*_gemm_tile`` device functions hold the 64x64x8 tile loop of each GEMM over a K range:
+``implicit_gemm`` calls them with the whole K, ``splitk`` with its slice.
 
 Every kernel computes in float32 (``acc = float32(0)``: a bare ``0.0`` would make numba
 accumulate in float64). Arguments arrive C-contiguous and already checked against the
@@ -49,7 +59,9 @@ kernel: grid, block, smem, output           grid, block, smem, output
 launching with ``smem`` bytes               ``<<<grid, block, bytes>>>``
 ``cuda.local.array((4, 4), float32)``       ``real acc[4][4];`` (registers once unrolled)
 ``cuda.syncthreads()``                      ``__syncthreads()``
-``cuda.atomic.add(dw, (f, c, p, q), v)``    ``atomicAdd(&dw[e], v)``
+``cuda.atomic.add(dw, (f, c, p, q), v)``    ``atomicAdd(&dw[e], v)`` (both return the old value)
+``cuda.threadfence()``                      ``__threadfence()``
+``ws[z]`` on a 5-D array (a 4-D view)       ``ws + z * plane`` (pointer arithmetic)
 ``cuda.shfl_down_sync(mask, v, d)``         ``__shfl_down_sync(mask, v, d, width)``: numba
                                             has no width argument (always 32)
 ``float32(0)``                              ``(real)0``; a bare ``0.0`` would be float64
