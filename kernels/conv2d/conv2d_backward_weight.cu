@@ -308,25 +308,39 @@ extern "C" __global__ void conv2d_backward_bias_naive(real* __restrict__ db,
 }
 
 // =========================================================================== bias: reduce
-// grid (F), block (256). Block f: thread t sums positions r = t, t+256, ... (consecutive
-// threads read consecutive addresses of one plane), then a fixed tree halves the 256 partial
-// sums 8 times; thread 0 writes db[f].
+// Shared by the bias versions reduce, warp and split:
+// bias_partial: thread t's share of the sum of dy[:, f] over positions r in [r0, r1):
+// r = r0 + t, r0 + t + 256, ... (consecutive threads read consecutive addresses of a plane).
+__device__ __forceinline__ real bias_partial(const real* __restrict__ dy, int f, int t, int r0,
+                                             int r1, int F, int OHW) {
+    real acc = 0;
+    for (int r = r0 + t; r < r1; r += BGRAD_THREADS) {
+        const int n = r / OHW, s = r % OHW;
+        acc += dy[((size_t)n * F + f) * OHW + s];
+    }
+    return acc;
+}
+
+// block_tree_sum: the sum of part[0..255], left in part[0] by a fixed tree that halves the
+// partial sums 8 times (128, 64, ..., 1 apart). Every thread of the 256-thread block calls it
+// after writing part[t]; it begins and ends with a barrier.
+__device__ __forceinline__ void block_tree_sum(real* part, int t) {
+    __syncthreads();
+    for (int stride = BGRAD_THREADS / 2; stride > 0; stride >>= 1) {
+        if (t < stride) part[t] += part[t + stride];
+        __syncthreads();   // every thread reaches it: the loop bound is uniform
+    }
+}
+
+// grid (F), block (256). Block f: thread t sums positions r = t, t+256, ..., then the fixed
+// tree of block_tree_sum; thread 0 writes db[f].
 extern "C" __global__ void conv2d_backward_bias_reduce(real* __restrict__ db,
                                                        const real* __restrict__ dy, int N,
                                                        int F, int OH, int OW) {
     __shared__ real part[BGRAD_THREADS];
     const int f = blockIdx.x, t = threadIdx.x, OHW = OH * OW;
-    real acc = 0;
-    for (int r = t; r < N * OHW; r += BGRAD_THREADS) {
-        const int n = r / OHW, s = r % OHW;
-        acc += dy[((size_t)n * F + f) * OHW + s];
-    }
-    part[t] = acc;
-    __syncthreads();
-    for (int stride = BGRAD_THREADS / 2; stride > 0; stride >>= 1) {
-        if (t < stride) part[t] += part[t + stride];
-        __syncthreads();
-    }
+    part[t] = bias_partial(dy, f, t, 0, N * OHW, F, OHW);
+    block_tree_sum(part, t);
     if (t == 0) db[f] = part[0];
 }
 
@@ -351,12 +365,7 @@ extern "C" __global__ void conv2d_backward_bias_warp(real* __restrict__ db,
                                                      int OH, int OW) {
     __shared__ real warp_sum[BGRAD_THREADS / 32];
     const int f = blockIdx.x, t = threadIdx.x, lane = t % 32, warp = t / 32, OHW = OH * OW;
-    real acc = 0;
-    for (int r = t; r < N * OHW; r += BGRAD_THREADS) {
-        const int n = r / OHW, s = r % OHW;
-        acc += dy[((size_t)n * F + f) * OHW + s];
-    }
-    acc = warp_sum_down(acc);
+    real acc = warp_sum_down(bias_partial(dy, f, t, 0, N * OHW, F, OHW));
     if (lane == 0) warp_sum[warp] = acc;
     __syncthreads();
     if (warp == 0) {                     // uniform over the warp: all 32 lanes shuffle below
@@ -392,18 +401,8 @@ extern "C" __global__ void conv2d_backward_bias_split(real* __restrict__ db,
     __shared__ real part[BGRAD_THREADS];
     __shared__ int is_last;
     const int f = blockIdx.x, z = blockIdx.y, S = gridDim.y, t = threadIdx.x, OHW = OH * OW;
-    const int r1 = min(N * OHW, (z + 1) * chunk);
-    real acc = 0;
-    for (int r = z * chunk + t; r < r1; r += BGRAD_THREADS) {
-        const int n = r / OHW, s = r % OHW;
-        acc += dy[((size_t)n * F + f) * OHW + s];
-    }
-    part[t] = acc;
-    __syncthreads();
-    for (int stride = BGRAD_THREADS / 2; stride > 0; stride >>= 1) {
-        if (t < stride) part[t] += part[t + stride];
-        __syncthreads();
-    }
+    part[t] = bias_partial(dy, f, t, z * chunk, min(N * OHW, (z + 1) * chunk), F, OHW);
+    block_tree_sum(part, t);
     if (t == 0) {
         ws[(size_t)f * S + z] = part[0];
         __threadfence();                        // the partial is visible before the ticket
@@ -411,13 +410,9 @@ extern "C" __global__ void conv2d_backward_bias_split(real* __restrict__ db,
     }
     __syncthreads();
     if (!is_last) return;                       // uniform over the block
-    acc = 0;
+    real acc = 0;
     for (int s = t; s < S; s += BGRAD_THREADS) acc += atomicAdd(&ws[(size_t)f * S + s], (real)0);
     part[t] = acc;
-    __syncthreads();
-    for (int stride = BGRAD_THREADS / 2; stride > 0; stride >>= 1) {
-        if (t < stride) part[t] += part[t + stride];
-        __syncthreads();
-    }
+    block_tree_sum(part, t);
     if (t == 0) db[f] = part[0];
 }

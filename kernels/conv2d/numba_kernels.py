@@ -985,29 +985,46 @@ def launch_conv2d_backward_bias_naive(rt, dy):
     return db
 
 
-@cuda.jit
-def conv2d_backward_bias_reduce(db, dy):
-    """reduce: one BGRAD_THREADS=256-thread block per f (blockIdx.x = f): thread t sums
-    positions r = t, t+256, ... (consecutive threads read consecutive addresses of one
-    plane), then a fixed tree halves the 256 partial sums 8 times; thread 0 writes db[f].
-    Deterministic, 256x more parallel than naive. Constraints: grid (F), block (256).
-    """
-    part = cuda.shared.array(BGRAD_THREADS, float32)
-    N, F, OH, OW = dy.shape
-    f, t = cuda.blockIdx.x, cuda.threadIdx.x
+@cuda.jit(device=True)
+def bias_partial(dy, f, t, r0, r1):
+    """Thread t's share of the sum of dy[:, f] over positions r in [r0, r1): r = r0 + t,
+    r0 + t + 256, ... (consecutive threads read consecutive addresses of a plane) -- shared by
+    the bias versions reduce, warp and split (CUDA C: ``bias_partial``)."""
+    OH, OW = dy.shape[2], dy.shape[3]
     OHW = OH * OW
     acc = float32(0)
-    for r in range(t, N * OHW, BGRAD_THREADS):
+    for r in range(r0 + t, r1, BGRAD_THREADS):
         n, s = r // OHW, r % OHW
         acc += dy[n, f, s // OW, s % OW]
-    part[t] = acc
+    return acc
+
+
+@cuda.jit(device=True)
+def block_tree_sum(part, t):
+    """The sum of part[0..255], left in part[0] by a fixed tree halving the partial sums 8
+    times (128, 64, ..., 1 apart). Every thread of the 256-thread block calls it after
+    writing part[t]; it begins and ends with a barrier (CUDA C: ``block_tree_sum``)."""
     cuda.syncthreads()
     stride = BGRAD_THREADS // 2
     while stride > 0:
         if t < stride:
             part[t] += part[t + stride]
-        cuda.syncthreads()
+        cuda.syncthreads()                      # uniform loop bound: every thread arrives
         stride //= 2
+
+
+@cuda.jit
+def conv2d_backward_bias_reduce(db, dy):
+    """reduce: one BGRAD_THREADS=256-thread block per f (blockIdx.x = f): thread t sums
+    positions r = t, t+256, ... (:func:`bias_partial`), then the fixed tree of
+    :func:`block_tree_sum`; thread 0 writes db[f]. Deterministic, 256x more parallel than
+    naive. Constraints: grid (F), block (256).
+    """
+    part = cuda.shared.array(BGRAD_THREADS, float32)
+    N, F, OH, OW = dy.shape
+    f, t = cuda.blockIdx.x, cuda.threadIdx.x
+    part[t] = bias_partial(dy, f, t, 0, N * OH * OW)
+    block_tree_sum(part, t)
     if t == 0:
         db[f] = part[0]
 
@@ -1044,12 +1061,7 @@ def conv2d_backward_bias_warp(db, dy):
     N, F, OH, OW = dy.shape
     f, t = cuda.blockIdx.x, cuda.threadIdx.x
     lane, warp = t % 32, t // 32
-    OHW = OH * OW
-    acc = float32(0)
-    for r in range(t, N * OHW, BGRAD_THREADS):
-        n, s = r // OHW, r % OHW
-        acc += dy[n, f, s // OW, s % OW]
-    acc = warp_sum_down(acc)
+    acc = warp_sum_down(bias_partial(dy, f, t, 0, N * OH * OW))
     if lane == 0:
         warp_sum[warp] = acc
     cuda.syncthreads()
@@ -1093,20 +1105,8 @@ def conv2d_backward_bias_split(db, dy, ws, count, chunk):
     is_last = cuda.shared.array(1, int32)
     N, F, OH, OW = dy.shape
     f, z, S, t = cuda.blockIdx.x, cuda.blockIdx.y, cuda.gridDim.y, cuda.threadIdx.x
-    OHW = OH * OW
-    r1 = min(N * OHW, (z + 1) * chunk)
-    acc = float32(0)
-    for r in range(z * chunk + t, r1, BGRAD_THREADS):
-        n, s = r // OHW, r % OHW
-        acc += dy[n, f, s // OW, s % OW]
-    part[t] = acc
-    cuda.syncthreads()
-    stride = BGRAD_THREADS // 2
-    while stride > 0:
-        if t < stride:
-            part[t] += part[t + stride]
-        cuda.syncthreads()
-        stride //= 2
+    part[t] = bias_partial(dy, f, t, z * chunk, min(N * OH * OW, (z + 1) * chunk))
+    block_tree_sum(part, t)
     if t == 0:
         ws[f, z] = part[0]
         cuda.threadfence()                      # the partial is visible before the ticket
@@ -1118,13 +1118,7 @@ def conv2d_backward_bias_split(db, dy, ws, count, chunk):
     for s in range(t, S, BGRAD_THREADS):
         acc += cuda.atomic.add(ws, (f, s), float32(0))   # read through L2
     part[t] = acc
-    cuda.syncthreads()
-    stride = BGRAD_THREADS // 2
-    while stride > 0:
-        if t < stride:
-            part[t] += part[t + stride]
-        cuda.syncthreads()
-        stride //= 2
+    block_tree_sum(part, t)
     if t == 0:
         db[f] = part[0]
 
