@@ -15,19 +15,12 @@ CASES = [(op, L) for L in bl.CONV_LAYERS for op in bl.CONV_OPS]
 TINY = [(op, bl.TINY_CONV) for op in bl.CONV_OPS]
 
 
-def _bench(benchmark, op, L, imp):
+# the paper's layers without the naive versions (minutes each there); a tiny layer with them
+@pytest.mark.parametrize("op,L,imp", bl.op_params(CASES, naive=False)
+                         + bl.op_params(TINY, naive=True))
+def test_conv2d(benchmark, op, L, imp):
     bl.bench_op(benchmark, op, L, imp, inputs=bl.conv_inputs, napkin=bl.conv_napkin,
                 metric=bl.W.metric(op), budget=0.6 if L.n > 8 else 0.3)
-
-
-@pytest.mark.parametrize("op,L,imp", bl.op_params(CASES, naive=False))
-def test_conv2d(benchmark, op, L, imp):
-    _bench(benchmark, op, L, imp)
-
-
-@pytest.mark.parametrize("op,L,imp", bl.op_params(TINY, naive=True))
-def test_conv2d_tiny(benchmark, op, L, imp):
-    _bench(benchmark, op, L, imp)
 
 
 def test_roof_sgemm(benchmark):

@@ -23,13 +23,14 @@ LR = 0.01
 N = bl.BATCH
 
 models = pytest.importorskip("scae_np.models", reason="scae_np.models (branch train) missing")
+from scae_np.layers import TANH_A, TANH_S  # noqa: E402
 
 
 # ------------------------------------------------------------------------ torch peers
 def torch_cnn(torch, params, device="cpu"):
     """The CNN in torch.nn with the given NumPy parameters (names of scae_np.models.CNN)."""
     nn, F = torch.nn, torch.nn.functional
-    A, S = 1.7159, 2.0 / 3.0
+    A, S = TANH_A, TANH_S        # scae_np.layers: f(a) = A tanh(S a)
 
     class Net(nn.Module):
         def __init__(self):
@@ -72,7 +73,7 @@ def torch_cnn(torch, params, device="cpu"):
 def torch_cae(torch, params, device="cpu"):
     """The CAE layer in torch: tied weights (the decoder is conv_transpose2d with W)."""
     F = torch.nn.functional
-    A, S = 1.7159, 2.0 / 3.0
+    A, S = TANH_A, TANH_S        # scae_np.layers: f(a) = A tanh(S a)
     W = torch.tensor(params["W"], device=device, requires_grad=True)
     b = torch.tensor(params["b"], device=device, requires_grad=True)
     c = torch.tensor(params["c"], device=device, requires_grad=True)

@@ -26,6 +26,8 @@ import os
 import sys
 from collections import defaultdict
 
+from kernels.runner import format_seconds as _fmt_t
+
 #: FP32 (non-tensor-core) peak FLOP/s and memory bandwidth (B/s), from NVIDIA data sheets.
 GPU_PEAKS = [
     ("H200", 67e12, 4.8e12),
@@ -53,14 +55,6 @@ def gpu_peak(name):
 def load(path):
     with open(path) as f:
         return json.load(f)
-
-
-def _fmt_t(s):
-    if s >= 1:
-        return f"{s:.3f} s"
-    if s >= 1e-3:
-        return f"{s * 1e3:.2f} ms"
-    return f"{s * 1e6:.1f} µs"
 
 
 def rows_of(data):

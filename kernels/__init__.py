@@ -12,9 +12,8 @@ all their backward passes, hand-written three ways behind one contract.
 
 The contract is in :mod:`kernels.contract` and ``kernels/README.md``.
 """
-from .backend import (BACKENDS, Backend, BackendUnavailableError, available_backends,
-                      get_backend, unavailable_reason)
+from .backend import BACKENDS, Backend, BackendUnavailableError, get_backend, unavailable_reason
 from .contract import OPS
 
-__all__ = ["BACKENDS", "Backend", "BackendUnavailableError", "OPS", "available_backends",
-           "get_backend", "unavailable_reason"]
+__all__ = ["BACKENDS", "Backend", "BackendUnavailableError", "OPS", "get_backend",
+           "unavailable_reason"]

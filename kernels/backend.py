@@ -216,17 +216,3 @@ def get_backend(name="numpy", *, emulate=False, **options):
     if name == "numpy":
         return cls(**options)
     return cls(emulate=emulate, **options)
-
-
-def available_backends(emulate=False):
-    """Names of the backends that can be constructed here, with the reason for the others."""
-    ok, why = [], {}
-    for name in BACKENDS:
-        if name == "numpy" and emulate:
-            continue
-        try:
-            get_backend(name, emulate=emulate)
-            ok.append(name)
-        except BackendUnavailableError as e:
-            why[name] = str(e)
-    return ok, why

@@ -172,22 +172,6 @@ def blas_single_thread():
 
 
 # ------------------------------------------------------------------------------- maps
-def batch_map(fn, n, elements):
-    """Call ``fn(lo, hi)`` on one slice ``[lo, hi)`` of ``range(n)`` per thread, in
-    parallel (for copies/ufunc loops: no BLAS inside). ``elements`` is the work size, used
-    to skip threading for small calls. Re-raises the first exception."""
-    t = min(num_threads(), n)
-    if t <= 1 or elements < MIN_PARALLEL_ELEMENTS:
-        fn(0, n)
-        return
-    pool = _executor(t)
-    bounds = [n * i // t for i in range(t + 1)]
-    futures = [pool.submit(fn, bounds[i], bounds[i + 1]) for i in range(1, t)]
-    fn(bounds[0], bounds[1])
-    for f in futures:
-        f.result()
-
-
 def batch_tasks(fn, n, bytes_per_item, target=TASK_BYTES, blas=True):
     """Call ``fn(lo, hi)`` on consecutive slices of ``range(n)`` of about ``target`` bytes
     of working set each (``bytes_per_item`` per batch item), on the thread pool; with

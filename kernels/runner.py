@@ -323,17 +323,18 @@ def run_versions(be, op, layer, versions, repeat, seed=0, explicit=(), out=None)
         speedup = f"{times['naive'] / seconds:.2f}x" if "naive" in times else "—"
         ref = case.reference(ref_name)
         err = case.error(result, ref)
-        out(f"{v:<20}{_fmt_time(seconds):>12}{_fmt_rate(case.rate(seconds)):>11}{speedup:>10}   "
+        out(f"{v:<20}{format_seconds(seconds):>12}{_fmt_rate(case.rate(seconds)):>11}{speedup:>10}   "
             f"{err}")
     return failed, case
 
 
-def _fmt_time(s):
+def format_seconds(s):
+    """A duration for tables: s, ms or µs, 2-3 significant decimals (runner and bench)."""
     if s >= 1:
         return f"{s:.2f} s"
     if s >= 1e-3:
         return f"{s * 1e3:.2f} ms"
-    return f"{s * 1e6:.1f} us"
+    return f"{s * 1e6:.1f} µs"
 
 
 def _fmt_rate(r):

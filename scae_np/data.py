@@ -336,14 +336,21 @@ def _bad(spec, path, what):
     return DataError(f"{spec.name}: {path}: {what}. {_where_to_put(spec, path)}")
 
 
-def _read_checked(spec, path):
-    """The bytes of ``path`` and whether their md5 is an accepted one. The caller parses before it
-    reports a wrong md5, so that a truncated or corrupt file gets the more precise message."""
+def _read(spec, path):
+    """The bytes of ``path``, or a DataError that names the file and what to do."""
     try:
-        raw = path.read_bytes()
+        return path.read_bytes()
     except OSError as e:
         raise _bad(spec, path, f"cannot be read ({e})") from e
-    return raw, _md5_bytes(raw) in spec.md5s(path.name)
+
+
+def _check_md5(spec, path, raw, parsed=True):
+    """Refuse ``raw`` (the bytes of ``path``) unless its md5 is an accepted one. Callers parse
+    first (``parsed``), so that a truncated or corrupt file gets the more precise message."""
+    got, accepted = _md5_bytes(raw), spec.md5s(path.name)
+    if got not in accepted:
+        why = " (it parses, but it is not the official file)" if parsed else ""
+        raise _bad(spec, path, f"md5 is {got}, expected {accepted[0]}{why}")
 
 
 def _parse_idx(spec, path, raw, ndim, count):
@@ -374,13 +381,11 @@ def _load_idx(spec, d):
     arrays = {}
     for fname in spec.file_names:
         path = d / fname
-        raw, md5_ok = _read_checked(spec, path)
+        raw = _read(spec, path)
         is_img = "images" in fname
         count = spec.n_train if fname.startswith("train") else spec.n_test
         a = _parse_idx(spec, path, raw, 3 if is_img else 1, count)
-        if not md5_ok:
-            raise _bad(spec, path, f"md5 is {_md5_bytes(raw)}, expected {spec.md5s(fname)[0]} "
-                                   f"(it parses, but it is not the official file)")
+        _check_md5(spec, path, raw)
         if not is_img and a.size and a.max() >= len(spec.classes):
             raise _bad(spec, path, f"label {int(a.max())} out of range 0..{len(spec.classes) - 1}")
         arrays[fname] = a
@@ -441,12 +446,10 @@ def _extract_cifar(spec, d):
     """Read the batch files out of the official archive in ``d`` (md5-checked); try to leave them
     extracted in ``d/cifar-10-batches-py`` (atomically: temp folder + rename) for next time."""
     arch = d / spec.archive[0]
-    try:
-        raw_arch = arch.read_bytes()
-    except OSError as e:
-        raise _bad(spec, arch, f"cannot be read ({e})") from e
-    if _md5_bytes(raw_arch) != spec.archive[1]:
-        raise DataError(f"{spec.name}: {arch}: md5 is {_md5_bytes(raw_arch)}, expected "
+    raw_arch = _read(spec, arch)
+    got = _md5_bytes(raw_arch)
+    if got != spec.archive[1]:
+        raise DataError(f"{spec.name}: {arch}: md5 is {got}, expected "
                         f"{spec.archive[1]} (truncated or not the official archive). Put a good copy "
                         f"of cifar-10-python.tar.gz at {arch}, or delete it to download it again.")
     out = {}
@@ -483,12 +486,7 @@ def _extract_cifar(spec, d):
 def _load_cifar(spec, d):
     sub = _cifar_sources(spec, d)
     if sub is not None:
-        raws = {}
-        for f in spec.file_names:
-            try:
-                raws[f] = (sub / f).read_bytes()
-            except OSError as e:
-                raise _bad(spec, sub / f, f"cannot be read ({e})") from e
+        raws = {f: _read(spec, sub / f) for f in spec.file_names}
     else:
         raws, sub = _extract_cifar(spec, d)
     parts = {}
@@ -497,16 +495,12 @@ def _load_cifar(spec, d):
         if f == "batches.meta":
             meta = _unpickle(spec, path, raw)
             names = meta.get("label_names")
-            ok = _md5_bytes(raw) in spec.md5s(f)
-            if not ok:
-                raise _bad(spec, path, f"md5 is {_md5_bytes(raw)}, expected {spec.md5s(f)[0]}")
+            _check_md5(spec, path, raw, parsed=False)
             classes = tuple(str(n) for n in names) if names and len(names) == len(spec.classes) \
                 else spec.classes
             continue
         parts[f] = _cifar_batch(spec, path, raw)
-        if _md5_bytes(raw) not in spec.md5s(f):
-            raise _bad(spec, path, f"md5 is {_md5_bytes(raw)}, expected {spec.md5s(f)[0]} "
-                                   f"(it parses, but it is not the official file)")
+        _check_md5(spec, path, raw)
     x_tr = np.concatenate([parts[f][0] for f in _CIFAR_TRAIN])
     y_tr = np.concatenate([parts[f][1] for f in _CIFAR_TRAIN])
     x_te, y_te = parts["test_batch"]

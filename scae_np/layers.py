@@ -57,7 +57,9 @@ class Layer:
     def forward(self, x):  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def backward(self, dy, need_dx=True):  # pragma: no cover - abstract
+    def backward(self, dy):  # pragma: no cover - abstract
+        """``dx`` for ``dy``; the layers with parameters (Conv2D, Dense) also take
+        ``need_dx=False`` to skip ``dx`` (the first layer's input needs no gradient)."""
         raise NotImplementedError
 
 
@@ -104,7 +106,7 @@ class MaxPool2D(Layer):
         y, self.switches = self.be.maxpool2d_forward(x, self.k)
         return y
 
-    def backward(self, dy, need_dx=True):
+    def backward(self, dy):
         dx = self.be.maxpool2d_backward(dy, self.switches, self.input_hw)
         self.switches = None
         return dx
@@ -120,7 +122,7 @@ class Unpool2D(Layer):
         self.switches = switches
         return self.be.unpool2d_forward(y, switches, output_hw)
 
-    def backward(self, dx, need_dx=True):
+    def backward(self, dx):
         return self.be.unpool2d_backward(dx, self.switches)
 
 
@@ -134,26 +136,27 @@ class ScaledTanh(Layer):
         self.y = None
 
     def forward(self, x):
-        xp = self.xp
-        y = x if self.inplace else x.copy()
-        y *= TANH_S
-        xp.tanh(y, out=y)
-        y *= TANH_A
-        self.y = y
-        return y
+        self.y = scaled_tanh_(x if self.inplace else x.copy(), self.xp)
+        return self.y
 
-    def backward(self, dy, need_dx=True):
-        # f'(a) = S/A * (A^2 - y^2); dy is owned by the caller chain and may be reused.
-        d = self.y * self.y
-        d *= -(TANH_S / TANH_A)
-        d += TANH_S * TANH_A
+    def backward(self, dy):
+        d = scaled_tanh_grad_from_output(self.y)
         d *= dy
         self.y = None
         return d
 
 
+def scaled_tanh_(a, xp):
+    """In place: ``a <- f(a) = A tanh(S a)``, LeCun's scaled tanh (the one place it is
+    written; ``ScaledTanh`` and ``scae_np.models.CAE`` call it)."""
+    a *= TANH_S
+    xp.tanh(a, out=a)
+    a *= TANH_A
+    return a
+
+
 def scaled_tanh_grad_from_output(y):
-    """``f'(a)`` written with ``y = f(a)`` (a new array)."""
+    """``f'(a) = S/A (A^2 - y^2)`` written with the output ``y = f(a)`` (a new array)."""
     d = y * y
     d *= -(TANH_S / TANH_A)
     d += TANH_S * TANH_A

@@ -31,9 +31,9 @@ import numpy as np
 
 from ._atomic import atomic_open
 
-from .layers import (Conv2D, Dense, MaxPool2D, ScaledTanh, half_squared_error, logistic_,
-                     scaled_tanh_grad_from_output, sgd_update, softmax_cross_entropy,
-                     lecun_uniform)
+from .layers import (Conv2D, Dense, MaxPool2D, ScaledTanh, half_squared_error, lecun_uniform,
+                     logistic_, scaled_tanh_, scaled_tanh_grad_from_output, sgd_update,
+                     softmax_cross_entropy)
 
 #: The paper's CNN (Table 1/2) and CAE-stack architecture.
 PAPER_MAPS = (100, 150, 200)
@@ -111,9 +111,6 @@ class Model:
 
     def load(self, path):
         self.load_params(load_npz(path))
-
-    def n_params(self):
-        return int(sum(int(np.prod(p.shape)) for p in self.params.values()))
 
 
 # ============================================================================== CNN
@@ -374,8 +371,7 @@ class CAE(Model):
     def _encode_full(self, x):
         """(h, pooled, switches): hidden maps, pooled maps and switches (None w/o pooling)."""
         be = self.be
-        a = be.conv2d_forward(x, self.params["W"], self.params["b"])
-        h = ScaledTanh(be).forward(a)
+        h = scaled_tanh_(be.conv2d_forward(x, self.params["W"], self.params["b"]), self.xp)
         if self.pool > 1:
             p, s = be.maxpool2d_forward(h, self.pool)
             return h, p, s
@@ -392,8 +388,16 @@ class CAE(Model):
         if self.output == "logistic":
             return logistic_(r, self.xp)
         if self.output == "tanh":
-            return ScaledTanh(self.be).forward(r)
+            return scaled_tanh_(r, self.xp)
         return r
+
+    def _output_grad(self, y):
+        """``s'`` of the decoder's output nonlinearity, written with its output ``y``."""
+        if self.output == "logistic":
+            return y * (1.0 - y)
+        if self.output == "tanh":
+            return scaled_tanh_grad_from_output(y)
+        return None
 
     def reconstruct(self, x):
         """Reconstruction of clean input x (no noise)."""
@@ -402,40 +406,57 @@ class CAE(Model):
         u = self.be.unpool2d_forward(p, s, h.shape[2:]) if s is not None else h
         return self._decode(u)
 
+    def reconstruction_loss(self, y, x):
+        """``E = sum (y - x)^2 / (2 N C)`` and ``dE/dy``: half the squared error per image
+        and input channel, batch mean (the one place the division by C is written; the
+        trainer's validation loss calls this too)."""
+        E, dE_dy = half_squared_error(y, x, self.xp)
+        inv_c = 1.0 / self.in_channels
+        dE_dy *= inv_c
+        return E * inv_c, dE_dy
+
     def loss_and_grads(self, x, x_in=None):
         """Loss of reconstructing ``x`` from ``x_in`` (default: ``x``, i.e. no corruption)
-        and the gradients w.r.t. W, b, c in ``self.grads``."""
-        be, xp = self.be, self.xp
+        and the gradients w.r.t. W, b, c in ``self.grads``.
+
+        The paper's equations (Masci et al. 2011, numbered as we recall them; ``*`` is the
+        valid convolution of the kernels, ``~`` a flip of both spatial axes)::
+
+            (1)  h^k = f(x~ * W^k + b^k)               encoder, f the scaled tanh
+                 u^k = unpool(maxpool(h^k))            (u = h without pooling)
+            (2)  y   = s(sum_k u^k * W~^k + c)         decoder, tied weights
+            (3)  E   = 1/(2n) sum_i (x_i - y_i)^2      here also / C (see reconstruction_loss)
+            (4)  dE/dW^k = x~ * dh^k + u~^k * dy       the encoder's and the decoder's use of W
+
+        with ``dy = dE/d(decoder pre-activation)`` and ``dh^k = dE/d(encoder pre-activation)``.
+        In the kernels' terms: ``sum_k u^k * W~^k`` is ``conv2d_backward_input(u, W)``, so its
+        adjoint (``dE/du``) is ``conv2d_forward(dy, W)`` and both terms of (4) are
+        ``conv2d_backward_weight`` calls.
+        """
+        be = self.be
         self._check_x(x)
-        x_in = x if x_in is None else x_in
-        h, p, s = self._encode_full(x_in)
+        x_in = x if x_in is None else x_in              # x~, the (corrupted) input; x the target
+        h, p, s = self._encode_full(x_in)               # (1)
         hw = (int(h.shape[2]), int(h.shape[3]))
         u = be.unpool2d_forward(p, s, hw) if s is not None else h
-        r = self._decode(u)
-        loss, d = half_squared_error(r, x, xp)
-        inv_c = 1.0 / self.in_channels
-        loss = loss * inv_c
-        d *= inv_c
-        if self.output == "logistic":                     # d L / d (decoder pre-activation)
-            t = 1.0 - r
-            t *= r
-            d *= t
-        elif self.output == "tanh":
-            d *= scaled_tanh_grad_from_output(r)
-        dc = be.conv2d_backward_bias(d)
-        dW = be.conv2d_backward_weight(d, u)              # decoder's use of W
-        du = be.conv2d_forward(d, self.params["W"], self._zero_b)   # adjoint of the decoder
-        if s is not None:
-            dp = be.unpool2d_backward(du, s)
-            dp *= scaled_tanh_grad_from_output(p)         # f' at the maxima only
-            da = be.maxpool2d_backward(dp, s, hw)
+        y = self._decode(u)                             # (2)
+        E, dy = self.reconstruction_loss(y, x)          # (3); dy = dE/dy for now
+        s_prime = self._output_grad(y)
+        if s_prime is not None:
+            dy *= s_prime                               # dy = dE/d(decoder pre-activation)
+        du = be.conv2d_forward(dy, self.params["W"], self._zero_b)   # dE/du, adjoint of (2)
+        if s is not None:                               # back through unpool and maxpool:
+            dp = be.unpool2d_backward(du, s)            # gather at the switches,
+            dp *= scaled_tanh_grad_from_output(p)       # f' at the maxima only,
+            dh = be.maxpool2d_backward(dp, s, hw)       # back to the full maps
         else:
             du *= scaled_tanh_grad_from_output(h)
-            da = du
-        dW += be.conv2d_backward_weight(x_in, da)         # encoder's use of W
-        db = be.conv2d_backward_bias(da)
-        self.grads = {"W": dW, "b": db, "c": dc}
-        return loss, self.grads
+            dh = du
+        dW = be.conv2d_backward_weight(x_in, dh)        # (4), x~ * dh^k: the encoder's W
+        dW += be.conv2d_backward_weight(dy, u)          # (4), u~^k * dy: the decoder's W~
+        self.grads = {"W": dW, "b": be.conv2d_backward_bias(dh),
+                      "c": be.conv2d_backward_bias(dy)}
+        return E, self.grads
 
     def train_step(self, x, lr, momentum=0.0):
         """One SGD step: corrupt x with the model's RNG, reconstruct, compare with clean x.

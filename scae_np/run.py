@@ -82,29 +82,42 @@ FIG1_VARIANTS = (            # (stage name, caption, pool, noise)
 )
 
 # Settings a run may take from the command line; None in the presets = "not used".
-# 'default' is the quick preset; the others use the full-protocol preset.
+# 'default' is the quick preset; the others use the full-protocol preset. Both share the
+# paper's architecture and the SGD settings; they differ in budget and in the stack recipe.
+_PAPER_SETTINGS = dict(
+    test_images=None, maps=[100, 150, 200], kernels=[5, 5, 3], hidden=300,
+    lr=0.01, momentum=0.9, batch_size=16,
+    cae_lr=0.005, cae_momentum=0.9, cae_batch_size=16, cae_noise=0.0,
+    cae_maps=20, cae_kernel=7, cae_pool=2,                       # the Fig. 1 CAEs: 20@7x7
+    cae_lr_schedule="decay", cae_lr_final=1.0, cae_patience=0, init="cae",
+)
+#: The recipe chosen on validation (RESULTS.md, issue 10): annealed CNN schedule, the stack's
+#: CAEs starting at the LeCun scale, its filters rescaled to the random init's activation
+#: spread in the CNN. The quick preset runs the same recipe on a smaller budget.
+_RECIPE = dict(lr_schedule="exp", lr_final=0.01, lr_decay=0.95, cae_init_scale=1.0,
+               cae_rescale="activation")
 QUICK = dict(
-    seeds=[0], sizes=[1000], val_images=1000, test_images=None,
-    maps=[100, 150, 200], kernels=[5, 5, 3], hidden=300,
-    epochs=6, lr=0.01, momentum=0.9, lr_decay=0.9, batch_size=16, patience=0,
-    lr_schedule="decay", lr_final=1.0,
-    cae_images=2000, cae_epochs=1, cae_lr=0.005, cae_momentum=0.9, cae_batch_size=16,
-    cae_noise=0.0, cae_maps=20, cae_kernel=7, cae_pool=2,
-    cae_lr_schedule="decay", cae_lr_final=1.0, cae_patience=0, cae_init_scale=0.1,
-    cae_rescale="none", diag_images=256,
-    fig_images=3000, fig_epochs=1, init="cae",
+    _PAPER_SETTINGS, **_RECIPE, seeds=[0], sizes=[1000], val_images=1000,
+    epochs=6, patience=0, cae_images=2000, cae_epochs=1, diag_images=256,
+    fig_images=3000, fig_epochs=1,
 )
 FULL = dict(
-    seeds=[0, 1, 2], sizes=[1000, 10000, 50000], val_images=5000, test_images=None,
-    maps=[100, 150, 200], kernels=[5, 5, 3], hidden=300,
-    epochs=30, lr=0.01, momentum=0.9, lr_decay=0.95, batch_size=16, patience=8,
-    lr_schedule="exp", lr_final=0.01,            # RESULTS.md, issue 10: chosen on validation
-    cae_images=20000, cae_epochs=2, cae_lr=0.005, cae_momentum=0.9, cae_batch_size=16,
-    cae_noise=0.0, cae_maps=20, cae_kernel=7, cae_pool=2,
-    cae_lr_schedule="decay", cae_lr_final=1.0, cae_patience=0, cae_init_scale=1.0,
-    cae_rescale="activation", diag_images=512,
-    fig_images=50000, fig_epochs=5, init="cae",
+    _PAPER_SETTINGS, **_RECIPE, seeds=[0, 1, 2], sizes=[1000, 10000, 50000], val_images=5000,
+    epochs=30, patience=8, cae_images=20000, cae_epochs=2, diag_images=512,
+    fig_images=50000, fig_epochs=5,
 )
+
+# Random streams: every draw of a run comes from numpy.random.default_rng([seed, tag, ...]),
+# the tags keeping the streams apart (changing one changes a run's numbers). The CNN of a
+# size uses [seed, size]; the stack's CAE i [seed, i] (models.CAEStack).
+RNG_FIG1_CAE = 1        # [seed, 1, i]: the start of the i-th Fig. 1 CAE
+RNG_SINGLE_CAE = 2      # [seed, 2]: the start of the 'cae' experiment's CAE
+RNG_CAE_IMAGES = 7      # [seed, 7]: which training images the CAEs train on
+RNG_FIG1_IMAGES = 11    # [seed, 11]: which the Fig. 1 CAEs train on
+#: validation images for a CAE's validation loss, and images shown in its figures
+CAE_VAL_IMAGES = 1000
+SHOWN_IMAGES = 10
+
 #: Values of the options added after a run was saved that reproduce what it did (--resume of
 #: a config.json without them).
 LEGACY = dict(lr_schedule="decay", lr_final=1.0, cae_lr_schedule="decay", cae_lr_final=1.0,
@@ -153,187 +166,168 @@ def _float(s):
         raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
 
 
+# The command line, one row per option: (flag, kind, help[, argparse extras]). ``kind`` is a
+# parser (type=), a tuple of choices, or "flag" (store_true). Options that take their value
+# from the presets get "(default: quick / full)" appended to their help.
+_OPTION_GROUPS = (
+    ("what to run", (
+        ("--backend", ("numpy", "cupy", "numba"),
+         "kernels to run on (default: cupy, else numba, when a GPU works here; numpy otherwise)"),
+        ("--emulate", "flag",
+         "run the cupy or numba backend without a GPU (cupy: the CUDA C kernels in the CPU "
+         "emulator; numba: numba's CUDA simulator); slow, for tests"),
+        ("--threads", _positive_int,
+         "CPU threads for BLAS/OpenMP (default: the libraries' own choice)"),
+        ("--jobs", _positive_int,
+         "worker processes running independent stages at once (table cells, the Fig. 1 CAEs, "
+         "one CAE stack per seed), the CPU threads divided among them; same results as one "
+         "(default: %(default)s)", dict(default=1)),
+        ("--seeds", _int_list,
+         "comma-separated seeds; one table row per seed, the first one for fig1/cae/cnn"),
+    )),
+    ("data", (
+        ("--data-dir", str,
+         "folder holding the dataset files (or a folder with a DATASET/ subfolder); default: "
+         "$SCAE_NP_DATA_DIR, then the user cache"),
+        ("--no-download", "flag", "never download missing files; stop with a message instead"),
+        ("--sizes", _int_list, "training-set sizes for the CNN (class-balanced subsets)"),
+        ("--val-images", _nonneg_int,
+         "validation images, taken from the training images not used for training (never the "
+         "test set); used for early stopping and model choice"),
+        ("--test-images", _positive_int,
+         "evaluate on the first N test images only (default: the whole test set, as the "
+         "paper)"),
+    )),
+    ("CNN (Table 1/2)", (
+        ("--maps", _int_list, "maps of the convolutions, also the CAE stack's"),
+        ("--kernels", _int_list, "kernel sizes of the convolutions"),
+        ("--hidden", _nonneg_int, "units of the fully connected layer, 0 for none"),
+        ("--init", ("random", "cae"), "initialisation for the 'cnn' experiment"),
+        ("--epochs", _nonneg_int, "CNN epochs"),
+        ("--lr", _float, "CNN learning rate"),
+        ("--momentum", _float, "CNN momentum, 0 for plain SGD"),
+        ("--lr-decay", _float, "CNN learning rate multiplied by this after every epoch"),
+        ("--lr-schedule", ("decay", "exp", "cosine"),
+         "CNN learning-rate schedule: decay (lr x --lr-decay per epoch), or annealed over the "
+         "planned --epochs from lr to lr x --lr-final, geometrically (exp) or on a half "
+         "cosine"),
+        ("--lr-final", _float, "annealed schedules end at lr x this, in (0, 1]"),
+        ("--batch-size", _positive_int, "CNN mini-batch size, 1 for on-line SGD"),
+        ("--patience", _nonneg_int,
+         "early stopping: stop after this many epochs without a better validation error, 0 "
+         "for never; the best epoch's weights are kept either way"),
+    )),
+    ("CAEs (stack, fig1, cae)", (
+        ("--cae-images", _positive_int,
+         "training images (labels unused) for each CAE of the stack and for the 'cae' "
+         "experiment"),
+        ("--cae-epochs", _nonneg_int, "epochs per CAE of the stack / 'cae' experiment"),
+        ("--cae-lr", _float, "CAE learning rate"),
+        ("--cae-momentum", _float, "CAE momentum"),
+        ("--cae-batch-size", _positive_int, "CAE mini-batch size, 1 for on-line"),
+        ("--cae-lr-schedule", ("decay", "exp", "cosine"),
+         "CAE learning-rate schedule, as --lr-schedule (decay: constant)"),
+        ("--cae-lr-final", _float, "annealed CAE schedules end at --cae-lr x this"),
+        ("--cae-patience", _nonneg_int,
+         "CAEs (stack and Fig. 1) stop after this many epochs without a lower validation "
+         "loss, 0 for never"),
+        ("--cae-init-scale", _float,
+         "the stack's CAE filters start uniform in +-this x the LeCun bound"),
+        ("--cae-rescale", ("none", "activation"),
+         "CAE init of the CNN: copy the filters as trained (none), or rescale each "
+         "convolution so its pre-activation spread equals the random init's on the same "
+         "validation images (activation)"),
+        ("--diag-images", _positive_int,
+         "validation images for the diagnostics (effective rank, saturation) of the stack "
+         "and the CNNs"),
+        ("--cae-noise", _float,
+         "share of input pixels zeroed (binomial noise) for the stack's CAEs and the 'cae' "
+         "experiment"),
+        ("--cae-maps", _positive_int, "filters of the 'cae' experiment and of the Fig. 1 CAEs"),
+        ("--cae-kernel", _positive_int,
+         "filter size of the 'cae' experiment and of the Fig. 1 CAEs"),
+        ("--cae-pool", _positive_int, "max-pooling of the 'cae' experiment, 1 for none"),
+        ("--fig-images", _positive_int, "training images for each Fig. 1 CAE"),
+        ("--fig-epochs", _nonneg_int, "epochs for each Fig. 1 CAE"),
+    )),
+    ("output", (
+        ("--out", str, "output folder (default: runs/DATASET-EXPERIMENT-<date-time>)"),
+        ("--resume", "flag",
+         "continue the run in --out from its checkpoints, with its saved config.json "
+         "(backend/threads/data options from this command). Options given with it: more "
+         "--epochs/--cae-epochs/--fig-epochs extend the stages, a new rate/momentum/batch "
+         "size applies to the stages not started yet, --patience to those not finished (each "
+         "noted in config.json); any other change is refused"),
+        ("--no-progress", "flag", "no progress bars (the one-line epoch summaries stay)",
+         dict(dest="progress", action="store_false")),
+        ("--verbose", "flag",
+         "print the full reasons of the backend choice (always in config.json)"),
+        ("--embed-images", _nonneg_int,
+         f"test images in the embedding figure (the CAE stack's top-layer codes in 2-D beside "
+         f"those of its random start; t-SNE with the 'embed' extra, else PCA), 0 for none "
+         f"(default: {EMBED_IMAGES})"),
+        ("--eval-batch-size", _positive_int,
+         "batch size for evaluation and encoding (default: %(default)s)", dict(default=256)),
+        ("--stop-after-epochs", _positive_int,
+         "testing aid: stop (exit status 3) after N training epochs in this process, as if "
+         "killed right after a checkpoint"),
+    )),
+)
+
+_DESCRIPTION = (
+    "Stacked convolutional auto-encoders (Masci et al., ICANN 2011) and the CNN they\n"
+    "initialise, trained with this project's hand-written kernels.\n\n"
+    "With only a dataset it runs a short but real version of the whole pipeline\n"
+    "(Fig. 1 CAEs, a CAE stack, CNN random vs CAE-init on 1,000 images; a few minutes\n"
+    "on a 2-core CPU) and prints our test errors beside the paper's.\n"
+    "Options left out take the experiment's preset: quick ones for 'default', the\n"
+    "full protocol for the others (shown as 'quick / full').")
+_EPILOG = (
+    "examples:\n"
+    "  python -m scae_np.run mnist --data-dir ../shared/data/mnist\n"
+    "  python -m scae_np.run mnist -e fig1 --fig-images 60000 --fig-epochs 5\n"
+    "  python -m scae_np.run mnist -e table --sizes 1000,10000 --seeds 0,1,2 --backend cupy\n"
+    "  python -m scae_np.run mnist -e table --out runs/t1 --resume   # continue a run\n\n"
+    "exit status: 0 done, 1 training failed (diverged: the message says which rate to\n"
+    "lower), 2 bad input (options, data, backend) or an output folder that cannot be\n"
+    "used (locked by another run, read-only, a file, a full disk), 3 stopped by\n"
+    "--stop-after-epochs, 130 interrupted (Ctrl-C); after 1, 2 (full disk), 3 and 130\n"
+    "--resume continues.\n\n")
+
+
+def _preset_default(key):
+    """``quick / full`` (or the one value both presets share) for an option's help."""
+    fmt = lambda v: ",".join(map(str, v)) if isinstance(v, list) else str(v)  # noqa: E731
+    a, b = fmt(QUICK[key]), fmt(FULL[key])
+    return a if a == b else f"{a} / {b}"
+
+
 def build_parser():
     from .data import DATASETS
-    p = argparse.ArgumentParser(
-        prog="python -m scae_np.run",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=(
-            "Stacked convolutional auto-encoders (Masci et al., ICANN 2011) and the CNN they\n"
-            "initialise, trained with this project's hand-written kernels.\n\n"
-            "With only a dataset it runs a short but real version of the whole pipeline\n"
-            "(Fig. 1 CAEs, a CAE stack, CNN random vs CAE-init on 1,000 images; a few minutes\n"
-            "on a 2-core CPU) and prints our test errors beside the paper's.\n"
-            "Options left out take the experiment's preset: quick ones for 'default', the\n"
-            "full protocol for the others (shown as 'quick / full')."),
-        epilog=(
-            "examples:\n"
-            "  python -m scae_np.run mnist --data-dir ../shared/data/mnist\n"
-            "  python -m scae_np.run mnist -e fig1 --fig-images 60000 --fig-epochs 5\n"
-            "  python -m scae_np.run mnist -e table --sizes 1000,10000 --seeds 0,1,2 --backend cupy\n"
-            "  python -m scae_np.run mnist -e table --out runs/t1 --resume   # continue a run\n\n"
-            "exit status: 0 done, 1 training failed (diverged: the message says which rate to\n"
-            "lower), 2 bad input (options, data, backend) or an output folder that cannot be\n"
-            "used (locked by another run, read-only, a file, a full disk), 3 stopped by\n"
-            "--stop-after-epochs, 130 interrupted (Ctrl-C); after 1, 2 (full disk), 3 and 130\n"
-            "--resume continues.\n\n"
-            + PAPER_NOTE))
-    q, f = QUICK, FULL
-
-    def both(k):
-        a, b = q[k], f[k]
-        fmt = lambda v: ",".join(map(str, v)) if isinstance(v, list) else str(v)
-        return f"{fmt(a)} / {fmt(b)}"
-
+    p = argparse.ArgumentParser(prog="python -m scae_np.run", description=_DESCRIPTION,
+                                epilog=_EPILOG + PAPER_NOTE,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dataset", choices=DATASETS, metavar="DATASET",
                    help=f"one of {', '.join(DATASETS)}")
-    g = p.add_argument_group("what to run")
-    g.add_argument("-e", "--experiment", choices=EXPERIMENTS, default="default",
-                   help="default: the short whole pipeline; fig1: the four Fig. 1 CAEs; table: "
-                        "Table 1/2 CNN random vs CAE-init; cae: one CAE; cnn: one CNN "
-                        "(default: %(default)s)")
-    g.add_argument("--backend", choices=("numpy", "cupy", "numba"), default=None,
-                   help="kernels to run on (default: cupy, else numba, when a GPU works here; "
-                        "numpy otherwise)")
-    g.add_argument("--emulate", action="store_true",
-                   help="run the cupy or numba backend without a GPU (cupy: the CUDA C kernels "
-                        "in the CPU emulator; numba: numba's CUDA simulator); slow, for tests")
-    g.add_argument("--threads", type=_positive_int, default=None,
-                   help="CPU threads for BLAS/OpenMP (default: the libraries' own choice)")
-    g.add_argument("--jobs", type=_positive_int, default=1,
-                   help="worker processes running independent stages at once (table cells, "
-                        "the Fig. 1 CAEs, one CAE stack per seed), the CPU threads divided "
-                        "among them; same results as one (default: %(default)s)")
-    g.add_argument("--seeds", type=_int_list, default=None,
-                   help=f"comma-separated seeds; one table row per seed, the first one for "
-                        f"fig1/cae/cnn (default: {both('seeds')})")
-
-    g = p.add_argument_group("data")
-    g.add_argument("--data-dir", default=None,
-                   help="folder holding the dataset files (or a folder with a DATASET/ subfolder); "
-                        "default: $SCAE_NP_DATA_DIR, then the user cache")
-    g.add_argument("--no-download", action="store_true",
-                   help="never download missing files; stop with a message instead")
-    g.add_argument("--sizes", type=_int_list, default=None,
-                   help=f"training-set sizes for the CNN (class-balanced subsets) "
-                        f"(default: {both('sizes')})")
-    g.add_argument("--val-images", type=_nonneg_int, default=None,
-                   help=f"validation images, taken from the training images not used for "
-                        f"training (never the test set); used for early stopping and model "
-                        f"choice (default: {both('val_images')})")
-    g.add_argument("--test-images", type=_positive_int, default=None,
-                   help="evaluate on the first N test images only (default: the whole test "
-                        "set, as the paper)")
-
-    g = p.add_argument_group("CNN (Table 1/2)")
-    g.add_argument("--maps", type=_int_list, default=None,
-                   help=f"maps of the convolutions, also the CAE stack's (default: "
-                        f"{both('maps')})")
-    g.add_argument("--kernels", type=_int_list, default=None,
-                   help=f"kernel sizes of the convolutions (default: {both('kernels')})")
-    g.add_argument("--hidden", type=_nonneg_int, default=None,
-                   help=f"units of the fully connected layer, 0 for none (default: "
-                        f"{both('hidden')})")
-    g.add_argument("--init", choices=("random", "cae"), default=None,
-                   help="initialisation for the 'cnn' experiment (default: cae)")
-    g.add_argument("--epochs", type=_nonneg_int, default=None,
-                   help=f"CNN epochs (default: {both('epochs')})")
-    g.add_argument("--lr", type=_float, default=None,
-                   help=f"CNN learning rate (default: {both('lr')})")
-    g.add_argument("--momentum", type=_float, default=None,
-                   help=f"CNN momentum, 0 for plain SGD (default: {both('momentum')})")
-    g.add_argument("--lr-decay", type=_float, default=None,
-                   help=f"CNN learning rate multiplied by this after every epoch (default: "
-                        f"{both('lr_decay')})")
-    g.add_argument("--lr-schedule", choices=("decay", "exp", "cosine"), default=None,
-                   help=f"CNN learning-rate schedule: decay (lr x --lr-decay per epoch), or "
-                        f"annealed over the planned --epochs from lr to lr x --lr-final, "
-                        f"geometrically (exp) or on a half cosine (default: "
-                        f"{both('lr_schedule')})")
-    g.add_argument("--lr-final", type=_float, default=None,
-                   help=f"annealed schedules end at lr x this, in (0, 1] (default: "
-                        f"{both('lr_final')})")
-    g.add_argument("--batch-size", type=_positive_int, default=None,
-                   help=f"CNN mini-batch size, 1 for on-line SGD (default: {both('batch_size')})")
-    g.add_argument("--patience", type=_nonneg_int, default=None,
-                   help=f"early stopping: stop after this many epochs without a better "
-                        f"validation error, 0 for never; the best epoch's weights are kept "
-                        f"either way (default: {both('patience')})")
-
-    g = p.add_argument_group("CAEs (stack, fig1, cae)")
-    g.add_argument("--cae-images", type=_positive_int, default=None,
-                   help=f"training images (labels unused) for each CAE of the stack and for "
-                        f"the 'cae' experiment (default: {both('cae_images')})")
-    g.add_argument("--cae-epochs", type=_nonneg_int, default=None,
-                   help=f"epochs per CAE of the stack / 'cae' experiment (default: "
-                        f"{both('cae_epochs')})")
-    g.add_argument("--cae-lr", type=_float, default=None,
-                   help=f"CAE learning rate (default: {both('cae_lr')})")
-    g.add_argument("--cae-momentum", type=_float, default=None,
-                   help=f"CAE momentum (default: {both('cae_momentum')})")
-    g.add_argument("--cae-batch-size", type=_positive_int, default=None,
-                   help=f"CAE mini-batch size, 1 for on-line (default: "
-                        f"{both('cae_batch_size')})")
-    g.add_argument("--cae-lr-schedule", choices=("decay", "exp", "cosine"), default=None,
-                   help=f"CAE learning-rate schedule, as --lr-schedule (decay: constant) "
-                        f"(default: {both('cae_lr_schedule')})")
-    g.add_argument("--cae-lr-final", type=_float, default=None,
-                   help=f"annealed CAE schedules end at --cae-lr x this (default: "
-                        f"{both('cae_lr_final')})")
-    g.add_argument("--cae-patience", type=_nonneg_int, default=None,
-                   help=f"CAEs (stack and Fig. 1) stop after this many epochs without a "
-                        f"lower validation loss, 0 for never (default: {both('cae_patience')})")
-    g.add_argument("--cae-init-scale", type=_float, default=None,
-                   help=f"the stack's CAE filters start uniform in +-this x the LeCun bound "
-                        f"(default: {both('cae_init_scale')})")
-    g.add_argument("--cae-rescale", choices=("none", "activation"), default=None,
-                   help=f"CAE init of the CNN: copy the filters as trained (none), or rescale "
-                        f"each convolution so its pre-activation spread equals the random "
-                        f"init's on the same validation images (activation) (default: "
-                        f"{both('cae_rescale')})")
-    g.add_argument("--diag-images", type=_positive_int, default=None,
-                   help=f"validation images for the diagnostics (effective rank, saturation) "
-                        f"of the stack and the CNNs (default: {both('diag_images')})")
-    g.add_argument("--cae-noise", type=_float, default=None,
-                   help=f"share of input pixels zeroed (binomial noise) for the stack's CAEs and "
-                        f"the 'cae' experiment (default: {both('cae_noise')})")
-    g.add_argument("--cae-maps", type=_positive_int, default=None,
-                   help=f"filters of the 'cae' experiment and of the Fig. 1 CAEs (default: "
-                        f"{both('cae_maps')})")
-    g.add_argument("--cae-kernel", type=_positive_int, default=None,
-                   help=f"filter size of the 'cae' experiment and of the Fig. 1 CAEs "
-                        f"(default: {both('cae_kernel')})")
-    g.add_argument("--cae-pool", type=_positive_int, default=None,
-                   help=f"max-pooling of the 'cae' experiment, 1 for none (default: "
-                        f"{both('cae_pool')})")
-    g.add_argument("--fig-images", type=_positive_int, default=None,
-                   help=f"training images for each Fig. 1 CAE (default: {both('fig_images')})")
-    g.add_argument("--fig-epochs", type=_nonneg_int, default=None,
-                   help=f"epochs for each Fig. 1 CAE (default: {both('fig_epochs')})")
-
-    g = p.add_argument_group("output")
-    g.add_argument("--out", default=None,
-                   help="output folder (default: runs/DATASET-EXPERIMENT-<date-time>)")
-    g.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its checkpoints, with its saved "
-                        "config.json (backend/threads/data options from this command). Options "
-                        "given with it: more --epochs/--cae-epochs/--fig-epochs extend the "
-                        "stages, a new rate/momentum/batch size applies to the stages not "
-                        "started yet, --patience to those not finished (each noted in "
-                        "config.json); any other change is refused")
-    g.add_argument("--no-progress", dest="progress", action="store_false",
-                   help="no progress bars (the one-line epoch summaries stay)")
-    g.add_argument("--verbose", action="store_true",
-                   help="print the full reasons of the backend choice (always in config.json)")
-    g.add_argument("--embed-images", type=_nonneg_int, default=None,
-                   help=f"test images in the embedding figure (the CAE stack's top-layer codes "
-                        f"in 2-D beside those of its random start; t-SNE with the 'embed' "
-                        f"extra, else PCA), 0 for none (default: {EMBED_IMAGES})")
-    g.add_argument("--eval-batch-size", type=_positive_int, default=256,
-                   help="batch size for evaluation and encoding (default: %(default)s)")
-    g.add_argument("--stop-after-epochs", type=_positive_int, default=None,
-                   help="testing aid: stop (exit status 3) after N training epochs in this "
-                        "process, as if killed right after a checkpoint")
+    for title, options in _OPTION_GROUPS:
+        g = p.add_argument_group(title)
+        if title == "what to run":
+            g.add_argument("-e", "--experiment", choices=EXPERIMENTS, default="default",
+                           help="default: the short whole pipeline; fig1: the four Fig. 1 "
+                                "CAEs; table: Table 1/2 CNN random vs CAE-init; cae: one CAE; "
+                                "cnn: one CNN (default: %(default)s)")
+        for flag, kind, text, *extra in options:
+            kw = dict(extra[0]) if extra else {}
+            key = flag[2:].replace("-", "_")
+            if QUICK.get(key) is not None:
+                text += f" (default: {_preset_default(key)})"
+            if kind == "flag":
+                kw.setdefault("action", "store_true")
+            elif isinstance(kind, tuple):
+                kw.update(choices=kind, default=kw.get("default"))
+            else:
+                kw.update(type=kind, default=kw.get("default"))
+            g.add_argument(flag, help=text, **kw)
     return p
 
 
@@ -439,7 +433,8 @@ def make_splits(labels, n_val, sizes, n_cae, seed):
             train[s] = rest[t]
     except ValueError as e:
         raise UserError(f"cannot split the training set: {e}") from None
-    cae = np.sort(np.random.default_rng([seed, 7]).permutation(rest)[:min(n_cae, len(rest))])
+    order = np.random.default_rng([seed, RNG_CAE_IMAGES]).permutation(rest)
+    cae = np.sort(order[:min(n_cae, len(rest))])
     return val, train, cae
 
 
@@ -537,8 +532,9 @@ class Run:
         c, ds = self.cfg, self.ds
         val, _, _ = make_splits(ds.train_y, c["val_images"], [], 0, seed)
         rest = np.setdiff1d(np.arange(len(ds.train_y)), val)
-        idx = np.sort(np.random.default_rng([seed, 11]).permutation(rest)[:c["fig_images"]])
-        return ds.train_x[idx], ds.train_x[val[:1000]], ds.train_x[val[:10]]
+        order = np.random.default_rng([seed, RNG_FIG1_IMAGES]).permutation(rest)
+        idx = np.sort(order[:c["fig_images"]])
+        return ds.train_x[idx], ds.train_x[val[:CAE_VAL_IMAGES]], ds.train_x[val[:SHOWN_IMAGES]]
 
     def fig1_cae(self, seed, i, data):
         """Train the ``i``-th Fig. 1 CAE (stage ``fig1-<name>``); its (caption, filters)."""
@@ -548,7 +544,7 @@ class Run:
         name, caption, pool, noise = FIG1_VARIANTS[i]
         stage = f"fig1-{name}"
         cae = CAE(self.be, self.in_channels, c["cae_maps"], c["cae_kernel"], pool, noise,
-                  seed=[seed, 1, i])
+                  seed=[seed, RNG_FIG1_CAE, i])
         self.echo(f"== {stage}: {cae.describe()}, {len(x)} images, "
                   f"{c['fig_epochs']} epoch(s)")
         res = self.train_cae(stage, cae, x, x_val, epochs=c["fig_epochs"], seed=seed)
@@ -571,12 +567,13 @@ class Run:
         c, ds = self.cfg, self.ds
         val, _, cae_idx = make_splits(ds.train_y, c["val_images"], [], c["cae_images"], seed)
         cae = CAE(self.be, self.in_channels, c["cae_maps"], c["cae_kernel"], c["cae_pool"],
-                  c["cae_noise"], seed=[seed, 2])
+                  c["cae_noise"], seed=[seed, RNG_SINGLE_CAE])
         self.echo(f"== cae: {cae.describe()}, {len(cae_idx)} images")
         stage = "cae"
-        res = self.train_cae(stage, cae, ds.train_x[cae_idx], ds.train_x[val[:1000]], seed=seed)
+        res = self.train_cae(stage, cae, ds.train_x[cae_idx], ds.train_x[val[:CAE_VAL_IMAGES]],
+                             seed=seed)
         self.results["cae"] = res
-        self.cae_figures(stage, cae, ds.train_x[val[:10]], cae.describe())
+        self.cae_figures(stage, cae, ds.train_x[val[:SHOWN_IMAGES]], cae.describe())
 
     # ------------------------------------------------------------------ stack
     def stack(self, seed, cae_idx, val):
@@ -584,7 +581,7 @@ class Run:
         from .train import encode_batches
         c, be, ds = self.cfg, self.be, self.ds
         stack = self.new_stack(seed)
-        x, x_val = ds.train_x[cae_idx], ds.train_x[val[:1000]]
+        x, x_val = ds.train_x[cae_idx], ds.train_x[val[:CAE_VAL_IMAGES]]
         res_all = []
         for i, cae in enumerate(stack.caes):
             stage = f"stack-s{seed}-cae{i + 1}"
@@ -593,7 +590,8 @@ class Run:
             res = self.train_cae(stage, cae, x, x_val, seed=seed)
             res_all.append(res)
             if i == 0:
-                self.cae_figures(stage, cae, ds.train_x[val[:10]], f"{stage}: {cae.describe()}")
+                self.cae_figures(stage, cae, ds.train_x[val[:SHOWN_IMAGES]],
+                                 f"{stage}: {cae.describe()}")
             else:
                 self._curves(stage)
             if i + 1 < len(stack.caes):
@@ -614,12 +612,14 @@ class Run:
 
     def new_stack(self, seed):
         """The CAE stack of this seed, untrained."""
-        from .models import CAEStack, CNN
+        from kernels.contract import conv2d_output_hw, maxpool2d_output_hw
+        from .models import CAEStack
         c = self.cfg
-        probe = CNN(self.be, self.in_channels, self.input_hw, self.n_classes, c["maps"],
-                    c["kernels"], self._cnn_pools(), c["hidden"], seed=0)
-        last_hw = probe.shapes[-1][1:]
-        pools = list(self._cnn_pools()[:-1]) + [2 if min(last_hw) >= 2 else 1]
+        hw = self.input_hw                       # the CNN's maps after each conv (+ pool)
+        for k, pool in zip(c["kernels"], self._cnn_pools()):
+            hw = maxpool2d_output_hw(conv2d_output_hw(hw, (k, k)), pool)
+        # the top CAE pools too when its maps allow (it shapes its filters; nothing above)
+        pools = list(self._cnn_pools()[:-1]) + [2 if min(hw) >= 2 else 1]
         return CAEStack(self.be, self.in_channels, c["maps"], c["kernels"], pools,
                         noise=c["cae_noise"], seed=seed, init_scale=c["cae_init_scale"])
 
@@ -1104,11 +1104,35 @@ def _load_resumed(args, argv, out):
 
 
 def _run(args, argv, ctx):
-    from kernels import BackendUnavailableError
-    from ._atomic import remove_partial_files
-    from .data import DataError, load_dataset
-    from .train import Diverged, Interrupted, Trainer, TrainingError, write_json
+    """The run itself: settings, backend, data, the experiment's stages, the results."""
+    from .train import Trainer, write_json
     out = ctx["out"]
+    cfg, saved = _settings(args, argv, out)
+    be, backend_desc, why = _open_backend(cfg, args)
+    ds = _load_data(cfg)
+    if saved is None:
+        saved = _config_doc(cfg, argv, be, backend_desc, why)
+    write_json(os.path.join(out, "config.json"), saved)
+    ctx["config_doc"] = saved
+    print(f"output: {out}", flush=True)
+
+    trainer = Trainer(be, out, progress=cfg["progress"], resume=bool(args.resume),
+                      stop_after_epochs=cfg["stop_after_epochs"],
+                      eval_batch=cfg["eval_batch_size"])
+    ctx["trainer"] = trainer
+    run = Run(cfg, be, ds, out, trainer)
+    status = _run_stages(run, cfg, out, trainer, ctx)
+    if status is not None:
+        return status
+    _write_results(run, cfg, out, trainer, saved, backend_desc, ctx)
+    ctx["session"]["outcome"] = "done"
+    return 0
+
+
+def _settings(args, argv, out):
+    """(cfg, saved config document or None): the saved ones on --resume, else the preset
+    with the options given."""
+    from ._atomic import remove_partial_files
     if args.resume:
         cfg, saved = _load_resumed(args, argv, out)
         for p in remove_partial_files(out):
@@ -1119,7 +1143,12 @@ def _run(args, argv, ctx):
                             f"--resume, or choose another --out")
         cfg, saved = resolve_config(args), None
     validate_config(cfg)
+    return cfg, saved
 
+
+def _open_backend(cfg, args):
+    """The backend, its one-line description (printed) and why no GPU backend works (a
+    dict, empty when one was asked for or works; printed under --verbose)."""
     be, why = pick_backend(cfg["backend"], cfg["emulate"])
     backend_desc = summary.backend_line(_describe_backend(be), why)
     if why and args.verbose:
@@ -1129,7 +1158,11 @@ def _run(args, argv, ctx):
     if args.threads and not _THREADS_APPLIED:
         print("note: --threads came after NumPy was loaded; it has no effect in this process",
               file=sys.stderr)
+    return be, backend_desc, why or {}
 
+
+def _load_data(cfg):
+    from .data import DataError, load_dataset
     try:
         ds = load_dataset(cfg["dataset"], data_dir=cfg["data_dir"],
                           download=not cfg["no_download"])
@@ -1137,37 +1170,36 @@ def _run(args, argv, ctx):
         raise UserError(str(e)) from None
     print(f"data: {ds.name}: {len(ds.train_x)} training, {len(ds.test_x)} test images "
           f"{tuple(ds.train_x.shape[1:])}", flush=True)
+    return ds
 
-    if saved is None:
-        saved = {
-            "config": {k: v for k, v in cfg.items() if k not in RUNTIME_KEYS or k == "backend"},
-            "command": "python -m scae_np.run " + " ".join(argv),
-            "runtime": {"data_dir": os.path.abspath(cfg["data_dir"]) if cfg["data_dir"]
-                        else None,
-                        "backend": be.name, "emulate": bool(getattr(be, "emulated", False))},
-            "backend": backend_desc,
-            "backend_reasons": why or {},
-            "versions": {"python": platform.python_version(), "numpy": np.__version__},
-            "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                        "cpus": os.cpu_count()},
-        }
-    write_json(os.path.join(out, "config.json"), saved)
-    ctx["config_doc"] = saved
-    print(f"output: {out}", flush=True)
 
-    trainer = Trainer(be, out, progress=cfg["progress"], resume=bool(args.resume),
-                      stop_after_epochs=cfg["stop_after_epochs"],
-                      eval_batch=cfg["eval_batch_size"])
-    ctx["trainer"] = trainer
-    run = Run(cfg, be, ds, out, trainer)
-    seeds = cfg["seeds"]
+def _config_doc(cfg, argv, be, backend_desc, why):
+    """config.json of a new run: the settings, the command, where it ran."""
+    return {
+        "config": {k: v for k, v in cfg.items() if k not in RUNTIME_KEYS or k == "backend"},
+        "command": "python -m scae_np.run " + " ".join(argv),
+        "runtime": {"data_dir": os.path.abspath(cfg["data_dir"]) if cfg["data_dir"] else None,
+                    "backend": be.name, "emulate": bool(getattr(be, "emulated", False))},
+        "backend": backend_desc,
+        "backend_reasons": why,
+        "versions": {"python": platform.python_version(), "numpy": np.__version__},
+        "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                    "cpus": os.cpu_count()},
+    }
+
+
+def _run_stages(run, cfg, out, trainer, ctx):
+    """Run the experiment's stages (in worker processes with --jobs); None when they all
+    finished, else the exit status (training stopped, diverged or failed)."""
+    from kernels import BackendUnavailableError
+    from .parallel import run_parallel
+    from .train import Diverged, Interrupted, TrainingError
+    seeds, exp = cfg["seeds"], cfg["experiment"]
     try:
         try:
             run.check()
         except ValueError as e:    # a model that cannot be built with these options
             raise UserError(str(e)) from None
-        exp = cfg["experiment"]
-        from .parallel import run_parallel
         if run_parallel(run):          # --jobs N: every stage ran in worker processes
             exp = None
         if exp in ("default", "fig1"):
@@ -1191,7 +1223,13 @@ def _run(args, argv, ctx):
         return 1
     except BackendUnavailableError as e:
         raise UserError(str(e)) from None
+    return None
 
+
+def _write_results(run, cfg, out, trainer, saved, backend_desc, ctx):
+    """results.json and results.md (printed), with the wall time of every session that
+    trained."""
+    from .train import _atomic_write_text, write_json
     wall_now = time.time() - ctx["t_start"]
     trained_now = bool(trainer.epochs_run or trainer.stages_finished)
     wall = _previous_wall_time(out, saved) + (wall_now if trained_now else 0.0)
@@ -1209,15 +1247,12 @@ def _run(args, argv, ctx):
     write_json(os.path.join(out, "results.json"), results)
     md = results_markdown(cfg, rows, run.results["fig1"], len(run.test_x), backend_desc, wall,
                           run.results["cnn"], run.results["diagnostics"])
-    from .train import _atomic_write_text
     md = summary.with_verdict(md, cfg, rows)
     _atomic_write_text(os.path.join(out, "results.md"), md)
-    ctx["session"]["outcome"] = "done"
     print()
     print(md)
     print(f"wrote {out}/results.md, results.json, metrics.jsonl, figures/ "
           f"({len(set(run.figures))} PNG), weights/, checkpoints/")
-    return 0
 
 
 def _previous_wall_time(out, doc):

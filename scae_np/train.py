@@ -280,17 +280,14 @@ def evaluate_reconstruction(backend, cae, x, batch_size=256):
     """Mean reconstruction loss (the CAE's training loss: half squared error per image and
     channel) and per-pixel MSE of a CAE on clean host images x, in batches (the per-batch
     losses stay on the device; one read at the end)."""
-    from .layers import half_squared_error
-    xp = backend.xp
     n = len(x)
     losses = _BatchLosses(backend, -(-n // batch_size))
     for i in range(0, n, batch_size):
         xb = _batch_to_device(backend, x[i:i + batch_size])
-        loss, _ = half_squared_error(cae.reconstruct(xb), xb, xp)
+        loss, _ = cae.reconstruction_loss(cae.reconstruct(xb), xb)
         losses.add(loss)
-    loss_sum = sum(v * len(x[i:i + batch_size])
-                   for v, i in zip(losses.read(), range(0, n, batch_size)))
-    loss = loss_sum / n / x.shape[1]
+    loss = sum(v * len(x[i:i + batch_size])
+               for v, i in zip(losses.read(), range(0, n, batch_size))) / n
     return loss, 2.0 * loss / int(np.prod(x.shape[2:]))
 
 
@@ -522,7 +519,6 @@ class Trainer:
         """Train ``model`` (``kind`` 'cnn' or 'cae') on host arrays; returns the stage result:
         a dict with the best validation metric, epochs, timings and whatever ``final_eval(model)``
         returned (e.g. the test error). ``info``: extra fields for the metrics records."""
-        be = self.be
         kind = kind.lower()
         if kind not in ("cnn", "cae"):
             raise ValueError(f"kind must be 'cnn' or 'cae', got {kind!r}")
@@ -599,90 +595,27 @@ class Trainer:
         checked, as before. Either way the rule sees every batch's loss in order, so a
         diverged stage stops with the same message (the first bad mini-batch named); on a
         device it may stop up to one read later."""
-        be = self.be
         n = len(x_train)
         ref = self._reference_loss(kind, model, x_train, state)
-        has_val = x_val is not None and len(x_val) > 0
-        bs = max(1, int(sgd.batch_size))
-        n_batches = -(-n // bs)
-        min_batches = min(DIVERGENCE_MIN_BATCHES, n_batches)
-        data = _Resident(be, x_train, y_train if kind == "cnn" else None)
+        data = _Resident(self.be, x_train, y_train if kind == "cnn" else None)
         for epoch in range(state["epoch"], sgd.epochs):
             lr = sgd.lr_at(epoch)
-            perm = rng.permutation(n)
-            data.order(perm)
+            data.order(rng.permutation(n))
             begin_epoch = getattr(model, "begin_epoch", None)
             if begin_epoch is not None:
                 begin_epoch()
-            losses = _BatchLosses(be, n_batches)
-            run = {"sum": 0.0, "seen": 0, "batches": 0}
-            t0 = last_read = time.perf_counter()
-            bar = _bar(n, f"{stage} {epoch + 1}/{sgd.epochs}", self.progress)
-
-            def check(values):
-                """The divergence rule over newly read batch losses, in batch order."""
-                for loss in values:
-                    b = run["batches"]
-                    if not math.isfinite(loss):
-                        raise Diverged(stage, kind, epoch + 1, sgd.lr,
-                                       f"the loss of mini-batch {b + 1} became {loss} "
-                                       f"(lr this epoch {lr:g}, momentum {sgd.momentum:g}, "
-                                       f"batch {bs})")
-                    size = min(bs, n - b * bs)
-                    run["sum"] += loss * size
-                    run["seen"] += size
-                    run["batches"] = b = b + 1
-                    mean = run["sum"] / run["seen"]
-                    if ref is not None and b >= min_batches and mean > DIVERGENCE_FACTOR * ref:
-                        what = (f"chance level, ln({round(math.exp(ref))}) = {ref:.4g}"
-                                if kind == "cnn" else f"its loss at initialisation, {ref:.4g}")
-                        raise Diverged(stage, kind, epoch + 1, sgd.lr,
-                                       f"the mean training loss of its first {b} "
-                                       f"mini-batches is {mean:.4g}, more than "
-                                       f"{DIVERGENCE_FACTOR:g} x {what}")
-                if values and bar is not None:
-                    bar.set_postfix_str(f"loss {values[-1]:.4f}", refresh=False)
-
-            try:
-                for i in range(0, n, bs):
-                    xb, yb = data.batch(i, i + bs)
-                    if kind == "cnn":
-                        loss = model.train_step(xb, yb, lr, sgd.momentum)
-                    else:
-                        loss = model.train_step(xb, lr, sgd.momentum)
-                    losses.add(loss)
-                    if bar is not None:
-                        bar.update(min(bs, n - i))
-                    if losses.host:
-                        check(losses.read())
-                    elif bar is not None and time.perf_counter() - last_read >= LOSS_READ_S:
-                        check(losses.read())
-                        last_read = time.perf_counter()
-                check(losses.read())
-            finally:
-                if bar is not None:
-                    bar.close()
-            loss_sum = run["sum"]
+            t0 = time.perf_counter()
+            loss_sum = self._epoch_steps(stage, model, kind, data, n, sgd, epoch, lr, ref)
             dt = time.perf_counter() - t0
             rec = {"stage": stage, "kind": kind, "epoch": epoch + 1, "lr": lr,
                    "train_loss": loss_sum / n}
-            if info:
-                rec.update(info)
-            metric = None
-            if has_val:
-                if kind == "cnn":
-                    rec["val_loss"], rec["val_error"] = evaluate_classifier(
-                        be, model, x_val, y_val, self.eval_batch)
-                    metric = rec["val_error"]
-                else:
-                    rec["val_loss"], rec["val_mse"] = evaluate_reconstruction(
-                        be, model, x_val, self.eval_batch)
-                    metric = rec["val_loss"]
+            rec.update(info or {})
+            metric = self._validate(rec, model, kind, x_val, y_val)
             rec["time_s"] = round(dt, 3)
             rec["images_per_s"] = round(n / dt, 1) if dt > 0 else None
             state["train_time_s"] += dt
             stop = False
-            if metric is not None:
+            if metric is not None:                      # best epoch and early stopping
                 if state["best"] is None or metric < state["best"]:
                     state["best"], state["best_epoch"], state["bad_epochs"] = metric, epoch + 1, 0
                     best_params = model.state_dict()
@@ -710,6 +643,76 @@ class Trainer:
                 self._finish(stage, kind, sgd, model, rng, state, model.state_dict(),
                              model.velocity_dict(), best_params, final_eval)
         return state["result"]
+
+    def _epoch_steps(self, stage, model, kind, data, n, sgd, epoch, lr, ref):
+        """The SGD steps of one epoch over ``data`` (already in this epoch's order), with the
+        divergence rule (module docstring) applied to every batch loss in order, read as
+        ``_train`` describes; returns the sum over the images of their batch's loss."""
+        bs = max(1, int(sgd.batch_size))
+        n_batches = -(-n // bs)
+        min_batches = min(DIVERGENCE_MIN_BATCHES, n_batches)
+        losses = _BatchLosses(self.be, n_batches)
+        run = {"sum": 0.0, "seen": 0, "batches": 0}
+        bar = _bar(n, f"{stage} {epoch + 1}/{sgd.epochs}", self.progress)
+
+        def check(values):
+            """The divergence rule over newly read batch losses, in batch order."""
+            for loss in values:
+                b = run["batches"]
+                if not math.isfinite(loss):
+                    raise Diverged(stage, kind, epoch + 1, sgd.lr,
+                                   f"the loss of mini-batch {b + 1} became {loss} "
+                                   f"(lr this epoch {lr:g}, momentum {sgd.momentum:g}, "
+                                   f"batch {bs})")
+                size = min(bs, n - b * bs)
+                run["sum"] += loss * size
+                run["seen"] += size
+                run["batches"] = b = b + 1
+                mean = run["sum"] / run["seen"]
+                if ref is not None and b >= min_batches and mean > DIVERGENCE_FACTOR * ref:
+                    what = (f"chance level, ln({round(math.exp(ref))}) = {ref:.4g}"
+                            if kind == "cnn" else f"its loss at initialisation, {ref:.4g}")
+                    raise Diverged(stage, kind, epoch + 1, sgd.lr,
+                                   f"the mean training loss of its first {b} "
+                                   f"mini-batches is {mean:.4g}, more than "
+                                   f"{DIVERGENCE_FACTOR:g} x {what}")
+            if values and bar is not None:
+                bar.set_postfix_str(f"loss {values[-1]:.4f}", refresh=False)
+
+        last_read = time.perf_counter()
+        try:
+            for i in range(0, n, bs):
+                xb, yb = data.batch(i, i + bs)
+                if kind == "cnn":
+                    loss = model.train_step(xb, yb, lr, sgd.momentum)
+                else:
+                    loss = model.train_step(xb, lr, sgd.momentum)
+                losses.add(loss)
+                if bar is not None:
+                    bar.update(min(bs, n - i))
+                if losses.host:
+                    check(losses.read())
+                elif bar is not None and time.perf_counter() - last_read >= LOSS_READ_S:
+                    check(losses.read())
+                    last_read = time.perf_counter()
+            check(losses.read())
+        finally:
+            if bar is not None:
+                bar.close()
+        return run["sum"]
+
+    def _validate(self, rec, model, kind, x_val, y_val):
+        """Validation loss and error (CNN) or loss and per-pixel MSE (CAE) into ``rec``;
+        returns the metric early stopping watches (None without validation images)."""
+        if x_val is None or len(x_val) == 0:
+            return None
+        if kind == "cnn":
+            rec["val_loss"], rec["val_error"] = evaluate_classifier(
+                self.be, model, x_val, y_val, self.eval_batch)
+            return rec["val_error"]
+        rec["val_loss"], rec["val_mse"] = evaluate_reconstruction(
+            self.be, model, x_val, self.eval_batch)
+        return rec["val_loss"]
 
     def _finish(self, stage, kind, sgd, model, rng, state, params, velocity, best_params,
                 final_eval):

@@ -61,19 +61,22 @@ GEMM_WIDE = {
 }
 # The paper's layers: name -> (full shape at batch 1, `slow` simulator slice, default
 # simulator slice). Spatial and kernel sizes are always the paper's.
+
+
+def _paper_layer(c, hw, f, k, sim_cf):
+    """(N, C, H, W, F, KH, KW) of a paper layer at batch 1; the slow tier's slice (batch 2, at
+    most 8 channels and filters); the default tier's (batch 1, ``sim_cf`` = (C, F))."""
+    return ((1, c, hw, hw, f, k, k), (2, min(c, 8), hw, hw, min(f, 8), k, k),
+            (1, sim_cf[0], hw, hw, sim_cf[1], k, k))
+
+
 PAPER = {
-    "mnist1_1to100_5x5_28": ((1, 1, 28, 28, 100, 5, 5), (2, 1, 28, 28, 8, 5, 5),
-                             (1, 1, 28, 28, 2, 5, 5)),
-    "mnist2_100to150_5x5_12": ((1, 100, 12, 12, 150, 5, 5), (2, 8, 12, 12, 8, 5, 5),
-                               (1, 2, 12, 12, 1, 5, 5)),
-    "mnist3_150to200_3x3_4": ((1, 150, 4, 4, 200, 3, 3), (2, 8, 4, 4, 8, 3, 3),
-                              (1, 2, 4, 4, 2, 3, 3)),
-    "cifar1_3to100_5x5_32": ((1, 3, 32, 32, 100, 5, 5), (2, 3, 32, 32, 8, 5, 5),
-                             (1, 3, 32, 32, 1, 5, 5)),
-    "cifar2_100to150_5x5_14": ((1, 100, 14, 14, 150, 5, 5), (2, 8, 14, 14, 8, 5, 5),
-                               (1, 2, 14, 14, 1, 5, 5)),
-    "cifar3_150to200_3x3_5": ((1, 150, 5, 5, 200, 3, 3), (2, 8, 5, 5, 8, 3, 3),
-                              (1, 2, 5, 5, 2, 3, 3)),
+    "mnist1_1to100_5x5_28": _paper_layer(1, 28, 100, 5, (1, 2)),
+    "mnist2_100to150_5x5_12": _paper_layer(100, 12, 150, 5, (2, 1)),
+    "mnist3_150to200_3x3_4": _paper_layer(150, 4, 200, 3, (2, 2)),
+    "cifar1_3to100_5x5_32": _paper_layer(3, 32, 100, 5, (3, 1)),
+    "cifar2_100to150_5x5_14": _paper_layer(100, 14, 150, 5, (2, 1)),
+    "cifar3_150to200_3x3_5": _paper_layer(150, 5, 200, 3, (2, 2)),
 }
 
 # (op, version, shape name) too slow for the default simulator tier (measured 5-30 s each on

@@ -315,19 +315,13 @@ def _run_asan(kernel):
                           capture_output=True, text=True, timeout=240)
 
 
-def test_asan_catches_an_out_of_bounds_read():
-    r = _run_asan("copy_oob")
+@pytest.mark.parametrize("kernel,line", [("copy_oob", 9),      # a global-memory read
+                                         ("shared_oob", 32)])  # static shared memory
+def test_asan_catches_an_out_of_bounds_read(kernel, line):
+    r = _run_asan(kernel)
     assert r.returncode != 0, r.stdout
     assert "AddressSanitizer: heap-buffer-overflow" in r.stderr
-    assert re.search(r"in copy_oob .*asan_probe\.cu:9\b", r.stderr), r.stderr[-2000:]
-    assert "finished" not in r.stdout
-
-
-def test_asan_catches_an_out_of_bounds_read_of_static_shared_memory():
-    r = _run_asan("shared_oob")
-    assert r.returncode != 0, r.stdout
-    assert "AddressSanitizer: heap-buffer-overflow" in r.stderr
-    assert re.search(r"in shared_oob .*asan_probe\.cu:32\b", r.stderr), r.stderr[-2000:]
+    assert re.search(rf"in {kernel} .*asan_probe\.cu:{line}\b", r.stderr), r.stderr[-2000:]
     assert "finished" not in r.stdout
 
 

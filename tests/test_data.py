@@ -403,23 +403,25 @@ def test_cifar_from_batches_folder(monkeypatch, tmp_path):
                              download=False), objs)
 
 
-def test_cifar_from_the_archive_extracts_it(monkeypatch, tmp_path):
-    raw, objs = cifar_batches(seed=2)
+def _cifar_archive(monkeypatch, folder, seed):
+    """The official-format archive of fresh batches in ``folder`` (accepted); their objects."""
+    raw, objs = cifar_batches(seed=seed)
     arch = cifar_tar(raw)
-    (tmp_path / "c").mkdir()
-    (tmp_path / "c" / "cifar-10-python.tar.gz").write_bytes(arch)
+    folder.mkdir()
+    (folder / "cifar-10-python.tar.gz").write_bytes(arch)
     accept_cifar(monkeypatch, raw, arch)
+    return raw, objs
+
+
+def test_cifar_from_the_archive_extracts_it(monkeypatch, tmp_path):
+    raw, objs = _cifar_archive(monkeypatch, tmp_path / "c", seed=2)
     check_cifar(load_dataset("cifar10", tmp_path / "c", download=False), objs)
     assert sorted(p.name for p in (tmp_path / "c" / "cifar-10-batches-py").iterdir()) == sorted(raw)
     assert not [p for p in (tmp_path / "c").iterdir() if p.name.startswith(".")]
 
 
 def test_cifar_download(monkeypatch, tmp_path):
-    raw, objs = cifar_batches(seed=3)
-    arch = cifar_tar(raw)
-    (tmp_path / "server").mkdir()
-    (tmp_path / "server" / "cifar-10-python.tar.gz").write_bytes(arch)
-    accept_cifar(monkeypatch, raw, arch)
+    raw, objs = _cifar_archive(monkeypatch, tmp_path / "server", seed=3)
     server = FakeServer(tmp_path / "server")
     monkeypatch.setattr(D, "_urlopen", server)
     check_cifar(load_dataset("cifar10"), objs)

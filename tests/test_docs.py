@@ -1,5 +1,5 @@
 """The code shown in the docs is code the tests run: the doctest of the ``kernels``
-package, every ```python block of the README (if it has any), and the ``python -m kernels``
+package, every ```python block of the README, and the ``python -m kernels``
 commands of README.md and kernels/README.md (the tour): every one names a real op, versions
 and shape; the README's run here (they are the small ones), the tour's in the slow tier."""
 import doctest
@@ -44,6 +44,7 @@ TOUR_CMDS = _runner_commands(ROOT / "kernels" / "README.md")
 
 
 def test_readme_python_blocks_run():
+    assert README_BLOCKS, "README.md lost its ```python example"
     for i, code in enumerate(README_BLOCKS):
         exec(compile(code, f"README.md block {i}", "exec"), {})
 

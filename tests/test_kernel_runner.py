@@ -62,7 +62,7 @@ def test_emulator_validates_and_times_every_version(capsys, op, shape):
     assert list(lines) == list(versions)                     # every version, ladder order
     assert W.metric(op) in out and "NOT a GPU speed" in out and "CPU emulator" in out
     for v, line in lines.items():
-        assert "FAILED" not in line and ("ms" in line or "us" in line or " s " in line)
+        assert "FAILED" not in line and ("ms" in line or "µs" in line or " s " in line)
     assert lines["naive"].split()[4] == "1.00x"              # speed-up over naive
     if op in CONV_OPS:                                       # max|err| and err/tol columns
         assert all(0 <= float(line.split()[-1]) <= 1 for line in lines.values())

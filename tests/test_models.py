@@ -3,7 +3,7 @@ tiny shapes), learning on tiny data, CAE-stack initialisation, .npz save/load.""
 import numpy as np
 import pytest
 
-from kernels import get_backend
+from kernels import OPS, get_backend
 from kernels.testing import assert_gradient_close, distinct_values, numerical_gradient
 from scae_np.layers import softmax_cross_entropy
 from scae_np.models import CAE, CNN, CAEStack, load_npz, save_npz
@@ -41,6 +41,22 @@ def test_cnn_gradients(be, rng, hidden):
                                               (2, 0.5, "logistic"), (3, 0.0, "logistic"),
                                               (2, 0.0, "tanh"), (1, 0.2, "linear")])
 def test_cae_gradients(be, rng, pool, noise, output):
+    _check_cae_gradients(be, rng, pool, noise, output)
+
+
+@pytest.mark.parametrize("rung", [0, 1, 2], ids=["naive", "im2col-argmax", "fast"])
+def test_cae_gradients_on_every_numpy_version(rng, rung):
+    """The composed CAE chain (conv, pooling with switches, unpooling, the tied decoder,
+    both uses of W) on each rung of the NumPy ladders of all eight ops: the naive loops,
+    im2col (conv) / argmax (pooling), the fast CPU path."""
+    be = get_backend("numpy")
+    for op in OPS:
+        be.set_default(op, be.versions(op)[rung])
+    _check_cae_gradients(be, rng, 2, 0.0, "tanh")
+
+
+def _check_cae_gradients(be, rng, pool, noise, output):
+    """``CAE.loss_and_grads`` against finite differences of its own loss (float64)."""
     cae = CAE(be, in_channels=2, n_maps=3, kernel=3, pool=pool, noise=noise, seed=4,
               dtype=np.float64, output=output)
     cae.params["b"][:] = rng.standard_normal(3) * 0.1

@@ -56,37 +56,31 @@ def test_doc_snippet_runs_in_a_fresh_process():
     assert "SIM 1" in out
 
 
-def test_emulate_after_gpu_mode_import_says_start_fresh():
-    out = _run("""
-        import numba, kernels
+def _get_backend_error(emulate, sim_env=None, imports="kernels"):
+    """What ``get_backend("numba", emulate=...)`` prints in a fresh process after
+    ``import <imports>``: "ERR <message>" when it refuses, then whether numba got imported."""
+    return _run(f"""
+        import sys, {imports}
         try:
-            kernels.get_backend("numba", emulate=True)
+            kernels.get_backend("numba", emulate={emulate})
         except kernels.BackendUnavailableError as e:
             print("ERR", e)
-    """)
+        print("NUMBA_IMPORTED", "numba" in sys.modules)
+    """, sim_env=sim_env)
+
+
+def test_emulate_after_gpu_mode_import_says_start_fresh():
+    out = _get_backend_error(True, imports="numba, kernels")
     assert "ERR" in out and "fresh process" in out and "NUMBA_ENABLE_CUDASIM=1" in out
 
 
 def test_gpu_backend_in_simulator_process_says_why():
-    out = _run("""
-        import kernels
-        try:
-            kernels.get_backend("numba")
-        except kernels.BackendUnavailableError as e:
-            print("ERR", e)
-    """, sim_env="1")
+    out = _get_backend_error(False, sim_env="1")
     assert "ERR" in out and "simulator" in out and "SCAE_NP_GPU_TESTS=1" in out
 
 
 def test_explicit_cudasim_0_reserves_the_process_for_the_gpu():
-    out = _run("""
-        import sys, kernels
-        try:
-            kernels.get_backend("numba", emulate=True)
-        except kernels.BackendUnavailableError as e:
-            print("ERR", e)
-        print("NUMBA_IMPORTED", "numba" in sys.modules)
-    """, sim_env="0")
+    out = _get_backend_error(True, sim_env="0")
     assert "ERR NUMBA_ENABLE_CUDASIM=0" in out and "NUMBA_IMPORTED False" in out
 
 
