@@ -162,3 +162,18 @@ def test_many_slices_and_tiles(kind, monkeypatch):
     if kind == "cupy":                        # (the simulator's rerun: the test above)
         again, _ = _run(be, op, "splitk", args)
         assert np.array_equal(out, again)
+
+
+@pytest.mark.simulator
+def test_numba_gemms_refuse_sizes_past_int32(monkeypatch):
+    """The numba GEMM tiles decode indices in 32-bit unsigned maths (udiv/umod), so their
+    launchers refuse arrays past the int32 range, with the CUDA C launcher's check and
+    message (the limit shrunk here so that a small array crosses it)."""
+    from kernels import cupy_backend
+    monkeypatch.setattr(cupy_backend, "INT32_MAX", 100)
+    be = numba_backend("sim")
+    x, w, b = _args("conv2d_forward", (2, 3, 5, 6, 5, 2, 3))     # x: 180 elements
+    for v in ("implicit_gemm", "splitk"):
+        with pytest.raises(ValueError, match=r"x has 180 elements, more than the kernels' "
+                                             r"int32 indexing allows \(100\)"):
+            be.conv2d_forward(x, w, b, version=v)

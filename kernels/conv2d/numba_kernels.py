@@ -109,8 +109,9 @@ imported; ``kernels.get_backend("numba", emulate=True)`` does that for you and r
 from __future__ import annotations
 
 import numpy as np
-from numba import cuda, float32, int32
+from numba import cuda, float32, int32, uint32
 
+from ..cupy_backend import _check_int32   # the CUDA C launcher's int32 size check
 from ..launch_spec import SPLITK_RED_THREADS, conv_split_k, splitk_sum_threads
 
 # --------------------------------------------------------------------------- tile sizes
@@ -132,6 +133,27 @@ MAX_GRID_Z = 65535         # CUDA's gridDim.z limit; the tiled kernels stride ov
 
 def _cdiv(a, b):
     return (a + b - 1) // b
+
+
+# ----------------------------------------------------------------- 32-bit index maths
+@cuda.jit(device=True)
+def udiv(a, b):
+    """``a // b`` for index maths, as a 32-bit division (CUDA C: ``a / b`` on ints).
+
+    numba types integer arithmetic as int64 and gives signed ``//`` and ``%`` Python's floor
+    semantics, so a bare ``a // b`` on indices compiles to a 64-bit ``div.s64`` plus sign
+    fix-ups (a long instruction sequence and register pairs on the GPU). Indices are never
+    negative, and for non-negative values floor division is plain division: on uint32
+    operands LLVM emits one ``div.u32``. The result is int32 (not uint32: mixing a uint64 with
+    an int64 would make numba compute in float64). Limit: 0 <= a, b < 2**31, which the
+    launchers check (``_check_int32``, the CUDA C launcher's check)."""
+    return int32(uint32(a) // uint32(b))
+
+
+@cuda.jit(device=True)
+def umod(a, b):
+    """``a % b`` for index maths, as a 32-bit remainder; see :func:`udiv`."""
+    return int32(uint32(a) % uint32(b))
 
 
 # ============================================================================ forward
@@ -254,7 +276,7 @@ def forward_gemm_tile(out, x, w2, b, k_lo, k_hi, add_bias, As, Bs, acc, a, bv):
     F, K = w2.shape
     OH, OW = out.shape[2], out.shape[3]
     KW = W - OW + 1
-    KK = K // C
+    KK = udiv(K, C)
     OHW = OH * OW
     M = N * OHW
     t = cuda.threadIdx.x
@@ -265,9 +287,9 @@ def forward_gemm_tile(out, x, w2, b, k_lo, k_hi, add_bias, As, Bs, acc, a, bv):
     a_ok = a_m < M
     a_n, a_i, a_j = 0, 0, 0
     if a_ok:
-        a_n = a_m // OHW
-        a_i = (a_m % OHW) // OW
-        a_j = a_m % OW
+        a_n = udiv(a_m, OHW)
+        a_i = udiv(umod(a_m, OHW), OW)
+        a_j = umod(a_m, OW)
     # B loader: this thread fills Bs[t%8][t//8 + 32r] from w2[f, k]: 8 threads read 8
     # consecutive k of one filter row.
     b_k, b_f = t % GEMM_BK, t // GEMM_BK
@@ -279,8 +301,8 @@ def forward_gemm_tile(out, x, w2, b, k_lo, k_hi, add_bias, As, Bs, acc, a, bv):
             ka = k0 + a_k + 4 * r
             va = float32(0)
             if a_ok and ka < k_hi:
-                c, pq = ka // KK, ka % KK
-                va = x[a_n, c, a_i + pq // KW, a_j + pq % KW]
+                c, pq = udiv(ka, KK), umod(ka, KK)
+                va = x[a_n, c, a_i + udiv(pq, KW), a_j + umod(pq, KW)]
             As[a_k + 4 * r, t % GEMM_BM] = va
             fb, kb = f0 + b_f + 32 * r, k0 + b_k
             vb = float32(0)
@@ -300,14 +322,14 @@ def forward_gemm_tile(out, x, w2, b, k_lo, k_hi, add_bias, As, Bs, acc, a, bv):
     for r in range(4):
         m = m0 + tx + 16 * r
         if m < M:
-            n, rr = m // OHW, m % OHW
+            n, rr = udiv(m, OHW), umod(m, OHW)
             for s in range(4):
                 f = f0 + ty + 16 * s
                 if f < F:
                     bias = float32(0)
                     if add_bias:
                         bias = b[f]
-                    out[n, f, rr // OW, rr % OW] = acc[r, s] + bias
+                    out[n, f, udiv(rr, OW), umod(rr, OW)] = acc[r, s] + bias
 
 
 @cuda.jit
@@ -330,6 +352,7 @@ def launch_conv2d_forward_implicit_gemm(rt, x, w, b):
     n, c, h, wd = x.shape
     f, _, kh, kw = w.shape
     oh, ow = h - kh + 1, wd - kw + 1
+    _check_int32(n, x=x.size, w=w.size, y=n * f * oh * ow)   # udiv/umod: 32-bit
     y = rt.empty((n, f, oh, ow))
     grid = (_cdiv(n * oh * ow, GEMM_BM), _cdiv(f, GEMM_BN))
     rt.launch(conv2d_forward_implicit_gemm, grid, GEMM_THREADS,
@@ -362,6 +385,7 @@ def launch_conv2d_forward_splitk(rt, x, w, b):
     n, c, h, wd = x.shape
     f, _, kh, kw = w.shape
     oh, ow = h - kh + 1, wd - kw + 1
+    _check_int32(n, x=x.size, w=w.size, y=n * f * oh * ow)   # udiv/umod: 32-bit
     y = rt.empty((n, f, oh, ow))
     tiles = (_cdiv(n * oh * ow, GEMM_BM), _cdiv(f, GEMM_BN))
     _launch_splitk(rt, conv2d_forward_splitk, tiles, c * kh * kw, y,
@@ -415,6 +439,7 @@ def _launch_splitk(rt, kernel, tiles, k_total, out, make_args):
         rt.launch(kernel, tiles + (1,), GEMM_THREADS, make_args(out.reshape((1,) + out.shape),
                                                                 chunk))
         return
+    _check_int32(workspace=s * out.size)
     ws = rt.empty((s,) + out.shape)
     rt.launch(kernel, tiles + (s,), GEMM_THREADS, make_args(ws, chunk))
     t = splitk_sum_threads(s)
@@ -546,9 +571,9 @@ def backward_input_gemm_tile(out, dy, w, k_lo, k_hi, As, Bs, acc, a, bv):
     a_ok = a_m < M
     a_n, a_h, a_v = 0, 0, 0
     if a_ok:
-        a_n = a_m // HW
-        a_h = (a_m % HW) // W
-        a_v = a_m % W
+        a_n = udiv(a_m, HW)
+        a_h = udiv(umod(a_m, HW), W)
+        a_v = umod(a_m, W)
     # B loader: Bs[t%8][t//8 + 32r] = w[f, c, p, q] with k = (f, p, q).
     b_k, b_c = t % GEMM_BK, t // GEMM_BK
     for r in range(4):
@@ -559,16 +584,16 @@ def backward_input_gemm_tile(out, dy, w, k_lo, k_hi, As, Bs, acc, a, bv):
             ka = k0 + a_k + 4 * r
             va = float32(0)
             if a_ok and ka < k_hi:
-                f, pq = ka // KK, ka % KK
-                i, j = a_h - pq // KW, a_v - pq % KW     # the flipped tap
+                f, pq = udiv(ka, KK), umod(ka, KK)
+                i, j = a_h - udiv(pq, KW), a_v - umod(pq, KW)     # the flipped tap
                 if i >= 0 and i < OH and j >= 0 and j < OW:
                     va = dy[a_n, f, i, j]
             As[a_k + 4 * r, t % GEMM_BM] = va
             cb, kb = c0 + b_c + 32 * r, k0 + b_k
             vb = float32(0)
             if cb < C and kb < k_hi:
-                pq = kb % KK
-                vb = w[kb // KK, cb, pq // KW, pq % KW]
+                pq = umod(kb, KK)
+                vb = w[udiv(kb, KK), cb, udiv(pq, KW), umod(pq, KW)]
             Bs[b_k, b_c + 32 * r] = vb
         cuda.syncthreads()
         for kk in range(GEMM_BK):
@@ -583,11 +608,11 @@ def backward_input_gemm_tile(out, dy, w, k_lo, k_hi, As, Bs, acc, a, bv):
     for r in range(4):
         m = m0 + tx + 16 * r
         if m < M:
-            n, rr = m // HW, m % HW
+            n, rr = udiv(m, HW), umod(m, HW)
             for s in range(4):
                 c = c0 + ty + 16 * s
                 if c < C:
-                    out[n, c, rr // W, rr % W] = acc[r, s]
+                    out[n, c, udiv(rr, W), umod(rr, W)] = acc[r, s]
 
 
 @cuda.jit
@@ -610,6 +635,7 @@ def launch_conv2d_backward_input_implicit_gemm(rt, dy, w):
     n, f, oh, ow = dy.shape
     _, c, kh, kw = w.shape
     h, wd = oh + kh - 1, ow + kw - 1
+    _check_int32(n, dy=dy.size, w=w.size, dx=n * c * h * wd)   # udiv/umod: 32-bit
     dx = rt.empty((n, c, h, wd))
     grid = (_cdiv(n * h * wd, GEMM_BM), _cdiv(c, GEMM_BN))
     rt.launch(conv2d_backward_input_implicit_gemm, grid, GEMM_THREADS, (dx, dy, w))
@@ -638,6 +664,7 @@ def launch_conv2d_backward_input_splitk(rt, dy, w):
     n, f, oh, ow = dy.shape
     _, c, kh, kw = w.shape
     h, wd = oh + kh - 1, ow + kw - 1
+    _check_int32(n, dy=dy.size, w=w.size, dx=n * c * h * wd)   # udiv/umod: 32-bit
     dx = rt.empty((n, c, h, wd))
     tiles = (_cdiv(n * h * wd, GEMM_BM), _cdiv(c, GEMM_BN))
     _launch_splitk(rt, conv2d_backward_input_splitk, tiles, f * kh * kw, dx,
@@ -863,8 +890,8 @@ def backward_weight_gemm_tile(out, x, dy, r_lo, r_hi, As, Bs, acc, a, bv):
     b_ok = b_k < KC
     b_c, b_p, b_q = 0, 0, 0
     if b_ok:
-        b_c, pq = b_k // KK, b_k % KK
-        b_p, b_q = pq // KW, pq % KW
+        b_c, pq = udiv(b_k, KK), umod(b_k, KK)
+        b_p, b_q = udiv(pq, KW), umod(pq, KW)
     for s in range(4):
         for r in range(4):
             acc[s, r] = float32(0)
@@ -873,14 +900,14 @@ def backward_weight_gemm_tile(out, x, dy, r_lo, r_hi, As, Bs, acc, a, bv):
             ra, fa = r0 + a_r, f0 + a_f + 32 * u
             va = float32(0)
             if ra < r_hi and fa < F:
-                n, sp = ra // OHW, ra % OHW
-                va = dy[n, fa, sp // OW, sp % OW]
+                n, sp = udiv(ra, OHW), umod(ra, OHW)
+                va = dy[n, fa, udiv(sp, OW), umod(sp, OW)]
             As[a_r, a_f + 32 * u] = va
             rb = r0 + b_r + 4 * u
             vb = float32(0)
             if rb < r_hi and b_ok:
-                n, sp = rb // OHW, rb % OHW
-                vb = x[n, b_c, sp // OW + b_p, sp % OW + b_q]
+                n, sp = udiv(rb, OHW), umod(rb, OHW)
+                vb = x[n, b_c, udiv(sp, OW) + b_p, umod(sp, OW) + b_q]
             Bs[b_r + 4 * u, t % GEMM_BN] = vb
         cuda.syncthreads()
         for kk in range(GEMM_BK):
@@ -922,6 +949,7 @@ def launch_conv2d_backward_weight_implicit_gemm(rt, x, dy):
     n, c, h, wd = x.shape
     _, f, oh, ow = dy.shape
     kh, kw = h - oh + 1, wd - ow + 1
+    _check_int32(n, x=x.size, dy=dy.size, dw=f * c * kh * kw)   # udiv/umod: 32-bit
     dw = rt.empty((f, c, kh, kw))
     grid = (_cdiv(f, GEMM_BM), _cdiv(c * kh * kw, GEMM_BN))
     rt.launch(conv2d_backward_weight_implicit_gemm, grid, GEMM_THREADS,
@@ -955,6 +983,7 @@ def launch_conv2d_backward_weight_splitk(rt, x, dy):
     n, c, h, wd = x.shape
     _, f, oh, ow = dy.shape
     kh, kw = h - oh + 1, wd - ow + 1
+    _check_int32(n, x=x.size, dy=dy.size, dw=f * c * kh * kw)   # udiv/umod: 32-bit
     dw = rt.empty((f, c, kh, kw))
     tiles = (_cdiv(f, GEMM_BM), _cdiv(c * kh * kw, GEMM_BN))
     _launch_splitk(rt, conv2d_backward_weight_splitk, tiles, n * oh * ow,
