@@ -11,13 +11,8 @@ import pytest
 
 import benchlib as bl
 
-CASES = [(op, L) for L in bl.CONV_LAYERS for op in bl.CONV_OPS]
-TINY = [(op, bl.TINY_CONV) for op in bl.CONV_OPS]
 
-
-# the paper's layers without the naive versions (minutes each there); a tiny layer with them
-@pytest.mark.parametrize("op,L,imp", bl.op_params(CASES, naive=False)
-                         + bl.op_params(TINY, naive=True))
+@pytest.mark.parametrize("op,L,imp", bl.family_params(bl.CONV_LAYERS, bl.CONV_OPS, bl.TINY_CONV))
 def test_conv2d(benchmark, op, L, imp):
     bl.bench_op(benchmark, op, L, imp, inputs=bl.conv_inputs, napkin=bl.conv_napkin,
                 metric=bl.W.metric(op), budget=0.6 if L.n > 8 else 0.3)

@@ -12,13 +12,8 @@ import pytest
 
 import benchlib as bl
 
-CASES = [(op, L) for L in bl.POOL_LAYERS for op in bl.POOL_OPS]
-TINY = [(op, bl.TINY_POOL) for op in bl.POOL_OPS]
 
-
-# the paper's layers without the naive versions (minutes each there); a tiny layer with them
-@pytest.mark.parametrize("op,L,imp", bl.op_params(CASES, naive=False)
-                         + bl.op_params(TINY, naive=True))
+@pytest.mark.parametrize("op,L,imp", bl.family_params(bl.POOL_LAYERS, bl.POOL_OPS, bl.TINY_POOL))
 def test_pool2d(benchmark, op, L, imp):
     bl.bench_op(benchmark, op, L, imp, inputs=bl.pool_inputs, napkin=bl.pool_napkin,
                 metric="GB/s", budget=0.4 if L.n > 8 else 0.2)

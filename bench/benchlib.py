@@ -508,6 +508,13 @@ def op_params(cases, *, naive):
     return out
 
 
+def family_params(layers, ops, tiny):
+    """:func:`op_params` of an op family: every op at the paper's ``layers`` without the
+    naive versions (minutes each there), and at the ``tiny`` layer with them."""
+    return (op_params([(op, L) for L in layers for op in ops], naive=False)
+            + op_params([(op, tiny) for op in ops], naive=True))
+
+
 def bench_op(benchmark, op, L, imp, *, inputs, napkin, metric, budget):
     """Validate one implementation of an op on a layer's inputs, then time it."""
     args = inputs(op, L)

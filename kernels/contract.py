@@ -78,10 +78,15 @@ Switches: which are legal, what is checked, what happens otherwise
                             scans ([kmin, kmax])
     ``unpool2d_backward``   reads dx there             every copy reads dx there
     ======================  =========================  =========================
+
+    For a plane that no window size k fits (``kernels/launch_spec.py``), the ``gather``
+    versions have no window to scan and run the ``naive`` scatter instead (its column).
 """
 from __future__ import annotations
 
 import numpy as np
+
+from .launch_spec import pool_window_sizes   # the pooling window rule, written once there
 
 OPS = (
     "conv2d_forward",
@@ -295,15 +300,6 @@ def check_switch_values(switches, hw, xp=np):
             f"has indices 0..{limit - 1}; pass the switches maxpool2d_forward returned for maps "
             f"of that size"
         )
-
-
-def pool_window_sizes(pooled_hw, full_hw):
-    """Every window size k that pools ``full_hw`` to ``pooled_hw`` (``H//k == OH`` and
-    ``W//k == OW``), as a range (empty when there is none)."""
-    (oh, ow), (h, w) = pooled_hw, full_hw
-    kmin = max(h // (oh + 1) + 1, w // (ow + 1) + 1)
-    kmax = min(h // oh, w // ow)
-    return range(kmin, kmax + 1)
 
 
 def check_switch_windows(switches, hw):

@@ -21,11 +21,17 @@ import os
 import numpy as np
 
 from .backend import Backend, BackendUnavailableError
+from .launch_spec import (BGRAD_THREADS, CONV_TILE, GEMM_BM, GEMM_BN, GEMM_THREADS,
+                          GRID_YZ_MAX, INT32_MAX, THREADS, WGRAD_CHUNK, WGRAD_RED_BLOCK,
+                          gather_window_bracket, kernel_name, one_thread_per,
+                          wgrad_reduce_threads)
 from .launch_spec import SPLITK_RED_THREADS, conv_split_k, splitk_sum_threads
+from .launch_spec import cdiv as _cdiv
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-#: source file of each op (paths relative to kernels/)
+#: source file of each op's kernels (paths relative to kernels/); unpool2d_forward runs
+#: maxpool2d_backward's kernels (launch_spec.SHARED_KERNELS)
 SOURCES = {
     "conv2d_forward": "conv2d/conv2d_forward.cu",
     "conv2d_backward_input": "conv2d/conv2d_backward_input.cu",
@@ -33,7 +39,7 @@ SOURCES = {
     "conv2d_backward_bias": "conv2d/conv2d_backward_weight.cu",
     "maxpool2d_forward": "pool2d/maxpool2d.cu",
     "maxpool2d_backward": "pool2d/maxpool2d.cu",
-    "unpool2d_forward": "pool2d/unpool2d.cu",
+    "unpool2d_forward": "pool2d/maxpool2d.cu",
     "unpool2d_backward": "pool2d/unpool2d.cu",
 }
 
@@ -42,6 +48,7 @@ SOURCES = {
 HELPER_SOURCES = {"splitk_sum": "conv2d/splitk_sum.cu"}
 
 #: versions per op, ladder order (naive first); the kernel is ``<op>_<version>``
+#: (``launch_spec.kernel_name``)
 VERSIONS = {
     "conv2d_forward": ("naive", "tiled", "implicit_gemm", "splitk"),
     "conv2d_backward_input": ("naive", "tiled", "implicit_gemm", "splitk"),
@@ -74,14 +81,8 @@ _DEFAULTS = {
     "unpool2d_backward": "naive",
 }
 
-# Launch constants; they must match the #defines in the .cu files.
-THREADS = 256          # 1-D kernels
-CONV_TILE = 16         # tiled versions: 16x16 outputs per block
-GEMM_BM = GEMM_BN = 64 # implicit GEMM tile
-WGRAD_CHUNK = 256      # weight-gradient atomic: (n,i,j) positions per thread
-WGRAD_RED_BLOCK = 256  # weight-gradient reduce: threads per block (T per dw element)
-GRID_YZ_MAX = 65535
-INT32_MAX = 2**31 - 1
+# Launch constants and rules: kernels/launch_spec.py (shared with the numba kernels; the
+# .cu files' #defines are checked equal to them by tests/test_cuda_compile.py).
 
 i32 = np.int32
 
@@ -91,10 +92,6 @@ def _op_tolerance(op, *inputs):
     of kernels whose float atomics make the rounding depend on the order."""
     from .testing import op_tolerance
     return op_tolerance(op, *inputs, dtype=np.float32)
-
-
-def _cdiv(a, b):
-    return -(-a // b)
 
 
 def _check_int32(batch=None, **sizes):
@@ -114,15 +111,6 @@ def _check_int32(batch=None, **sizes):
                 f"({INT32_MAX}); {fix}")
 
 
-def _wgrad_reduce_threads(r):
-    """Threads per dw element of the reduce version: a power of two <= 32, about r/8 (each
-    thread then sums about 8 terms before the tree), so small reductions leave no thread idle."""
-    t = 1
-    while t < 32 and t * 8 < r:
-        t *= 2
-    return t
-
-
 def _batch_chunks(n, per_sample):
     """Batch slices whose grid.z = (samples in slice) * per_sample stays <= 65535."""
     step = max(1, GRID_YZ_MAX // per_sample)
@@ -130,14 +118,6 @@ def _batch_chunks(n, per_sample):
         raise ValueError(f"{per_sample} planes per sample exceed CUDA's grid.z limit "
                          f"{GRID_YZ_MAX}; use the naive or implicit_gemm version")
     return [(s, min(n, s + step)) for s in range(0, n, step)]
-
-
-def _pool_k_range(hw, ohw):
-    """Every window size k with H//k == OH and W//k == OW (the backward ops are not told k)."""
-    (h, w), (oh, ow) = hw, ohw
-    kmin = max(h // (oh + 1) + 1, w // (ow + 1) + 1)
-    kmax = min(h // oh, w // ow)
-    return kmin, kmax
 
 
 class CupyBackend(Backend):
@@ -280,7 +260,7 @@ class CupyBackend(Backend):
                 self._launch(op, k, (_cdiv(ow, CONV_TILE), _cdiv(oh, CONV_TILE), (e - s) * f),
                              (CONV_TILE, CONV_TILE), (y[s:e], x[s:e], w, b, *dims(e - s)), smem)
         elif version == "implicit_gemm":
-            self._launch(op, k, (_cdiv(n * oh * ow, GEMM_BM), _cdiv(f, GEMM_BN)), (THREADS,),
+            self._launch(op, k, (_cdiv(n * oh * ow, GEMM_BM), _cdiv(f, GEMM_BN)), (GEMM_THREADS,),
                          (y, x, w, b, *dims(n)))
         else:                                   # splitk
             tiles = (_cdiv(n * oh * ow, GEMM_BM), _cdiv(f, GEMM_BN))
@@ -304,7 +284,7 @@ class CupyBackend(Backend):
                 self._launch(op, k, (_cdiv(wd, CONV_TILE), _cdiv(h, CONV_TILE), (e - s) * c),
                              (CONV_TILE, CONV_TILE), (dx[s:e], dy[s:e], w, *dims(e - s)), smem)
         elif version == "implicit_gemm":
-            self._launch(op, k, (_cdiv(n * h * wd, GEMM_BM), _cdiv(c, GEMM_BN)), (THREADS,),
+            self._launch(op, k, (_cdiv(n * h * wd, GEMM_BM), _cdiv(c, GEMM_BN)), (GEMM_THREADS,),
                          (dx, dy, w, *dims(n)))
         else:                                   # splitk
             tiles = (_cdiv(n * h * wd, GEMM_BM), _cdiv(c, GEMM_BN))
@@ -328,11 +308,11 @@ class CupyBackend(Backend):
             self._launch(op, k, (_cdiv(e_ * _cdiv(r_, WGRAD_CHUNK), THREADS),), (THREADS,), args,
                          race_tolerance=lambda: {0: _op_tolerance(op, x, dy)})
         elif version in ("reduce", "warp"):      # the same launch; warp adds with shuffles
-            t = _wgrad_reduce_threads(r_)
+            t = wgrad_reduce_threads(r_)
             self._launch(op, k, (_cdiv(e_, WGRAD_RED_BLOCK // t),), (t, WGRAD_RED_BLOCK // t),
                          args)
         elif version == "implicit_gemm":
-            self._launch(op, k, (_cdiv(f, GEMM_BM), _cdiv(c * kh * kw, GEMM_BN)), (THREADS,),
+            self._launch(op, k, (_cdiv(f, GEMM_BM), _cdiv(c * kh * kw, GEMM_BN)), (GEMM_THREADS,),
                          args)
         else:                                   # splitk: K = R = N*OH*OW
             tiles = (_cdiv(f, GEMM_BM), _cdiv(c * kh * kw, GEMM_BN))
@@ -346,11 +326,11 @@ class CupyBackend(Backend):
         into ``out``. ``make_args(ws, chunk)``: the kernel's arguments."""
         s_, chunk = conv_split_k(tiles[0] * tiles[1], k_total)
         if s_ == 1:
-            self._launch(op, kernel, tiles + (1,), (THREADS,), make_args(out, chunk))
+            self._launch(op, kernel, tiles + (1,), (GEMM_THREADS,), make_args(out, chunk))
             return
         _check_int32(workspace=s_ * out.size)
         ws = self._empty((s_,) + out.shape)
-        self._launch(op, kernel, tiles + (s_,), (THREADS,), make_args(ws, chunk))
+        self._launch(op, kernel, tiles + (s_,), (GEMM_THREADS,), make_args(ws, chunk))
         t = splitk_sum_threads(s_)
         per_block = SPLITK_RED_THREADS // t
         self._launch("splitk_sum", "splitk_sum", (_cdiv(out.size, per_block),), (t, per_block),
@@ -365,62 +345,64 @@ class CupyBackend(Backend):
         if version == "naive":
             self._launch(op, k, (_cdiv(f, THREADS),), (THREADS,), args)
         elif version == "split":                # grid (F, S): S slices of N*OH*OW per f
-            s_, chunk = conv_split_k(f, n * oh * ow, k_step=THREADS)
+            s_, chunk = conv_split_k(f, n * oh * ow, k_step=BGRAD_THREADS)
             if s_ > GRID_YZ_MAX:
                 raise ValueError(f"the bias split needs {s_} slices, more than CUDA's grid.y "
                                  f"limit {GRID_YZ_MAX}; use version='reduce'")
             ws = self._empty((f, s_))
             count = self.xp.zeros(f, dtype=np.uint32)
-            self._launch(op, k, (f, s_), (THREADS,),
+            self._launch(op, k, (f, s_), (BGRAD_THREADS,),
                          (db, dy, ws, count, i32(n), i32(f), i32(oh), i32(ow), i32(chunk)))
         else:                                   # reduce, warp: one 256-thread block per f
-            self._launch(op, k, (f,), (THREADS,), args)
+            self._launch(op, k, (f,), (BGRAD_THREADS,), args)
         return db
 
     # ------------------------------------------------------------------ pooling
+    # One launch per kernel; unpool2d_forward launches maxpool2d_backward's kernels (the
+    # contract defines the two ops as one), so _place_at_switches serves both ops.
     def _maxpool2d_forward(self, x, k, version):
         n, c, h, wd = x.shape
         oh, ow = h // k, wd // k
         _check_int32(n, x=x.size)
         y = self._empty((n, c, oh, ow))
         sw = self._empty((n, c, oh, ow), dtype=np.int32)
-        self._launch("maxpool2d_forward", f"maxpool2d_forward_{version}",
-                     (_cdiv(y.size, THREADS),), (THREADS,),
-                     (y, sw, x, i32(n), i32(c), i32(h), i32(wd), i32(k)))
+        self._launch("maxpool2d_forward", kernel_name("maxpool2d_forward", version),
+                     *one_thread_per(y.size), (y, sw, x, i32(n), i32(c), i32(h), i32(wd), i32(k)))
         return y, sw
 
-    def _scatter_or_gather(self, op, version, src, switches, hw):
-        """maxpool2d_backward and unpool2d_forward: src placed at its switches in an (H, W) plane."""
+    def _place_at_switches(self, op, version, src, switches, hw):
+        """maxpool2d_backward and unpool2d_forward: src placed at its switches in an (H, W)
+        plane, zeros elsewhere. Where no window size fits the plane, the gather runs as the
+        scatter (launch_spec.gather_window_bracket), as on the numba backend."""
         n, c, oh, ow = src.shape
         h, wd = hw
         _check_int32(n, out=n * c * h * wd)
-        kmin, kmax = _pool_k_range(hw, (oh, ow))
-        if version == "gather" and kmin > kmax:
-            # (H, W) is not a pooling of (OH, OW) for any window size: the gather cannot find
-            # the window of a pixel, so take the scatter (same result by definition).
+        bracket = gather_window_bracket((oh, ow), hw) if version == "gather" else None
+        if bracket is None:
             version = "naive"
         out = self._empty((n, c, h, wd), zero=(version == "naive"))
         dims = (i32(n), i32(c), i32(h), i32(wd), i32(oh), i32(ow))
-        if version == "naive":
-            self._launch(op, f"{op}_naive", (_cdiv(src.size, THREADS),), (THREADS,),
+        if version == "naive":     # scatter: one thread per pooled value, into a zeroed plane
+            self._launch(op, kernel_name(op, "naive"), *one_thread_per(src.size),
                          (out, src, switches, *dims))
-        else:
-            self._launch(op, f"{op}_gather", (_cdiv(out.size, THREADS),), (THREADS,),
+        else:                      # gather: one thread per output pixel
+            kmin, kmax = bracket
+            self._launch(op, kernel_name(op, "gather"), *one_thread_per(out.size),
                          (out, src, switches, *dims, i32(kmin), i32(kmax)))
         return out
 
     def _maxpool2d_backward(self, dy, switches, input_hw, version):
-        return self._scatter_or_gather("maxpool2d_backward", version, dy, switches, input_hw)
+        return self._place_at_switches("maxpool2d_backward", version, dy, switches, input_hw)
 
     def _unpool2d_forward(self, y, switches, output_hw, version):
-        return self._scatter_or_gather("unpool2d_forward", version, y, switches, output_hw)
+        return self._place_at_switches("unpool2d_forward", version, y, switches, output_hw)
 
     def _unpool2d_backward(self, dx, switches, version):
         n, c, h, wd = dx.shape
         oh, ow = switches.shape[2:]
         _check_int32(n, dx=dx.size)
         dy = self._empty((n, c, oh, ow))
-        self._launch("unpool2d_backward", f"unpool2d_backward_{version}",
-                     (_cdiv(dy.size, THREADS),), (THREADS,),
+        self._launch("unpool2d_backward", kernel_name("unpool2d_backward", version),
+                     *one_thread_per(dy.size),
                      (dy, dx, switches, i32(n), i32(c), i32(h), i32(wd), i32(oh), i32(ow)))
         return dy

@@ -14,6 +14,8 @@ from kernels import get_backend
 from kernels import cupy_backend
 from kernels.testing import CONV_OPS, assert_op_close
 
+from gpu_ladders import CONV_LADDER, check_ladder
+
 ref = get_backend("numpy")
 
 
@@ -73,7 +75,7 @@ def check(be, op, version, shape, small=None):
     assert_op_close(op, be.to_host(out), expect[op], *args64[op], dtype=np.float32)
 
 
-VERSIONS = [(op, v) for op in CONV_OPS for v in cupy_backend.VERSIONS[op]]
+VERSIONS = [(op, v) for op, versions in CONV_LADDER.items() for v in versions]
 
 
 @pytest.mark.parametrize("op, version", VERSIONS, ids=lambda p: p if isinstance(p, str) else None)
@@ -102,10 +104,7 @@ def test_paper_mnist_layers_batch4(be, op, version, shape):
 
 
 def test_versions_and_defaults(be):
-    for op in CONV_OPS:
-        assert be.versions(op) == cupy_backend.VERSIONS[op]
-        assert be.versions(op)[0] == "naive"
-        assert be.default_version(op) == cupy_backend._DEFAULTS[op]
+    check_ladder(be, CONV_LADDER)
     # the plain call runs the default version
     shape = SMALL[0]
     args32, args64, expect = case(shape)

@@ -29,18 +29,14 @@ import pytest
 from kernels import get_backend
 from kernels.testing import assert_op_close
 
+from gpu_ladders import CONV_LADDER, check_ladder
 from numba_backends import KINDS, numba_backend
 
 ref = get_backend("numpy")
 
-#: The version ladder the CUDA C backend shares (kernels/conv2d/*.cu); a test checks the
-#: backend has exactly these, so no version can go untested.
-LADDER = {
-    "conv2d_forward": ("naive", "tiled", "implicit_gemm", "splitk"),
-    "conv2d_backward_input": ("naive", "tiled", "implicit_gemm", "splitk"),
-    "conv2d_backward_weight": ("naive", "atomic", "reduce", "warp", "implicit_gemm", "splitk"),
-    "conv2d_backward_bias": ("naive", "reduce", "warp", "split"),
-}
+#: The version ladder the CUDA C backend shares (written out in tests/gpu_ladders.py); a test
+#: checks the backend has exactly these, so no version can go untested.
+LADDER = CONV_LADDER
 
 # (N, C, H, W, F, KH, KW)
 ODD = {
@@ -142,10 +138,7 @@ def check_version(be, op, version, shape, rng):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_version_ladder(kind):
-    be = numba_backend(kind)
-    for op, versions in LADDER.items():
-        assert be.versions(op) == versions
-        assert be.default_version(op) in versions
+    check_ladder(numba_backend(kind), CONV_LADDER)
 
 
 @pytest.mark.parametrize("op,version,shape", _cases(ODD, GEMM_WIDE, SIM_SLOW))

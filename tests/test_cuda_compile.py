@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from kernels import cupy_backend
+from kernels import cupy_backend, launch_spec
 from kernels.emulator import ptxas_report
 from kernels.emulator.loader import analyse
 
@@ -24,9 +24,9 @@ def test_every_backend_kernel_has_a_source():
     names = {k for p in CU_FILES for k in kernels_in(p)}
     for op, versions in cupy_backend.VERSIONS.items():
         for v in versions:
-            assert f"{op}_{v}" in names
-            assert f"{op}_{v}" in kernels_in(os.path.join(ptxas_report.KERNELS,
-                                                          cupy_backend.SOURCES[op]))
+            k = launch_spec.kernel_name(op, v)    # unpool2d_forward: maxpool2d_backward's
+            assert k in names
+            assert k in kernels_in(os.path.join(ptxas_report.KERNELS, cupy_backend.SOURCES[op]))
 
 
 @pytest.fixture(scope="module")
@@ -133,15 +133,21 @@ def test_nvrtc_compiles_like_cupy(path):
 
 
 def test_launch_constants_match_the_cu_defines():
-    """cupy_backend.py computes grids from tile sizes that the .cu files #define."""
+    """Both launchers compute grids from kernels/launch_spec.py; the .cu files #define the
+    constants their kernels need under the same names: every such #define equals its value
+    there (and one name has one value in every file)."""
     defines = {}
     for path in CU_FILES:
-        for name, value in re.findall(r"^#define (\w+) (\d+)", open(path).read(), re.M):
-            assert defines.setdefault(name, int(value)) == int(value), f"{name} differs"
-    assert defines["CONV_TILE"] == cupy_backend.CONV_TILE
-    assert defines["GEMM_BM"] == cupy_backend.GEMM_BM
-    assert defines["GEMM_BN"] == cupy_backend.GEMM_BN
-    assert defines["GEMM_BM"] * defines["GEMM_BK"] == 2 * cupy_backend.THREADS   # 2 loads each
-    assert defines["WGRAD_CHUNK"] == cupy_backend.WGRAD_CHUNK
-    assert defines["WGRAD_RED_BLOCK"] == cupy_backend.WGRAD_RED_BLOCK
-    assert defines["BGRAD_THREADS"] == cupy_backend.THREADS
+        for name, value in re.findall(r"^#define (\w+) (0[xX][0-9a-fA-F]+|\d+)[uUlL]*\b",
+                                      open(path).read(), re.M):
+            value = int(value, 0)
+            assert defines.setdefault(name, value) == value, f"{name} differs between files"
+    assert {"CONV_TILE", "GEMM_BM", "GEMM_BN", "GEMM_BK", "GEMM_PAD", "WGRAD_CHUNK",
+            "WGRAD_RED_BLOCK", "BGRAD_THREADS", "FULL_MASK"} <= set(defines)
+    for name, value in defines.items():
+        assert hasattr(launch_spec, name), f"#define {name} has no Python mirror in launch_spec"
+        assert getattr(launch_spec, name) == value, f"#define {name} {value} != launch_spec"
+    # the implicit GEMM's cooperative tile loads: GEMM_THREADS threads, 2 values each
+    assert defines["GEMM_BM"] * defines["GEMM_BK"] == 2 * launch_spec.GEMM_THREADS
+    # ... and a 4 x 4 register block per thread covers the 64 x 64 tile
+    assert (defines["GEMM_BM"] // 4) * (defines["GEMM_BN"] // 4) == launch_spec.GEMM_THREADS

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from kernels import get_backend
-from kernels import cupy_backend
 from kernels.testing import assert_op_close
+
+from gpu_ladders import POOL_LADDER, check_ladder
 
 ref = get_backend("numpy")
 
@@ -53,67 +54,35 @@ def dev(be, *arrays):
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_maxpool2d_forward(be, shape, ties):
     x, y, sw, _, _ = inputs(shape, ties)
-    for v in cupy_backend.VERSIONS["maxpool2d_forward"]:
+    for v in POOL_LADDER["maxpool2d_forward"]:
         got_y, got_sw = be.maxpool2d_forward(*dev(be, x), shape[-1], version=v)
         assert got_sw.dtype == np.int32
         assert_op_close("maxpool2d_forward", be.to_host(got_y), y)
         assert_op_close("maxpool2d_forward", be.to_host(got_sw), sw)
 
 
-@pytest.mark.parametrize("version", cupy_backend.VERSIONS["maxpool2d_backward"])
+SWITCH_OPS = [pytest.param(op, v, id=f"{op}-{v}")
+              for op in ("maxpool2d_backward", "unpool2d_forward", "unpool2d_backward")
+              for v in POOL_LADDER[op]]
+
+
+@pytest.mark.parametrize("op, version", SWITCH_OPS)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
-def test_maxpool2d_backward(be, shape, version):
-    x, _, sw, dy, _ = inputs(shape, ties=True)
-    hw = x.shape[2:]
-    expect = ref.maxpool2d_backward(dy, sw, hw, version="naive")
-    got = be.maxpool2d_backward(*dev(be, dy, sw), hw, version=version)
-    assert_op_close("maxpool2d_backward", be.to_host(got), expect)
-
-
-@pytest.mark.parametrize("version", cupy_backend.VERSIONS["unpool2d_forward"])
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
-def test_unpool2d_forward(be, shape, version):
-    x, y, sw, _, _ = inputs(shape, ties=False)
-    hw = x.shape[2:]
-    expect = ref.unpool2d_forward(y, sw, hw, version="naive")
-    got = be.unpool2d_forward(*dev(be, y, sw), hw, version=version)
-    assert_op_close("unpool2d_forward", be.to_host(got), expect)
-
-
-@pytest.mark.parametrize("version", cupy_backend.VERSIONS["unpool2d_backward"])
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
-def test_unpool2d_backward(be, shape, version):
-    _, _, sw, _, dx = inputs(shape, ties=False)
-    expect = ref.unpool2d_backward(dx, sw, version="naive")
-    got = be.unpool2d_backward(*dev(be, dx, sw), version=version)
-    assert_op_close("unpool2d_backward", be.to_host(got), expect)
-
-
-@pytest.mark.parametrize("version", ["naive", "gather"])
-def test_unpool_to_a_size_no_window_explains(be, version):
-    """output_hw (7, 9) is no k x k pooling of a 2x2 map (k would have to be 3 and 4): the
-    gather cannot find windows, so the backend scatters instead; the result is still exact."""
-    rng = np.random.default_rng(5)
-    y = rng.standard_normal((2, 3, 2, 2)).astype(np.float32)
-    sw = np.stack([rng.permutation(63)[:4] for _ in range(6)]).reshape(2, 3, 2, 2).astype(np.int32)
-    assert cupy_backend._pool_k_range((7, 9), (2, 2)) == (4, 3)
-    expect = ref.unpool2d_forward(y, sw, (7, 9), version="naive")
-    for op in ("unpool2d_forward", "maxpool2d_backward"):
-        got = getattr(be, op)(*dev(be, y, sw), (7, 9), version=version)
-        assert_op_close(op, be.to_host(got), expect)
-
-
-def test_pool_k_range():
-    assert cupy_backend._pool_k_range((24, 24), (12, 12)) == (2, 2)
-    assert cupy_backend._pool_k_range((9, 11), (4, 5)) == (2, 2)
-    assert cupy_backend._pool_k_range((5, 7), (1, 2)) == (3, 3)
-    assert cupy_backend._pool_k_range((5, 5), (1, 1)) == (3, 5)
+def test_switch_driven_ops(be, shape, op, version):
+    """The three ops the switches drive, each against the NumPy loops: the backward pass on
+    switches of a tie-rich input, the unpooling pair on switches of distinct values."""
+    x, _, sw, dy, dx = inputs(shape, ties=(op == "maxpool2d_backward"))
+    if op == "unpool2d_backward":
+        args, hw = (dx, sw), ()
+    else:           # maxpool2d_backward(dy, sw, hw), unpool2d_forward(y, sw, hw)
+        args, hw = (dy, sw), (x.shape[2:],)
+    expect = getattr(ref, op)(*args, *hw, version="naive")
+    got = getattr(be, op)(*dev(be, *args), *hw, version=version)
+    assert_op_close(op, be.to_host(got), expect)
 
 
 def test_versions_and_defaults(be):
-    for op in ("maxpool2d_forward", "maxpool2d_backward", "unpool2d_forward", "unpool2d_backward"):
-        assert be.versions(op) == cupy_backend.VERSIONS[op]
-        assert be.default_version(op) == cupy_backend._DEFAULTS[op]
+    check_ladder(be, POOL_LADDER)
 
 
 @pytest.mark.emulator

@@ -13,7 +13,7 @@ with at most one NaN; with several NaNs it points at the last one (pinned below)
 import numpy as np
 import pytest
 
-from kernels import contract, get_backend
+from kernels import contract, get_backend, launch_spec
 
 from numba_backends import numba_backend
 
@@ -203,6 +203,42 @@ def test_check_switch_windows_accepts_forward_switches_and_names_a_bad_one(rng):
         contract.check_switch_windows(bad, (8, 8))
     with pytest.raises(ValueError, match="no pooling window size"):
         contract.check_switch_windows(sw, (9, 20))
+
+
+def test_pooling_window_rule():
+    """kernels/launch_spec.py's window rule, which both GPU launchers and the contract use:
+    every k with H//k == OH and W//k == OW, and the gather's bracket of them (None: no k)."""
+    assert list(launch_spec.pool_window_sizes((12, 12), (24, 24))) == [2]
+    assert list(launch_spec.pool_window_sizes((4, 5), (9, 11))) == [2]
+    assert list(launch_spec.pool_window_sizes((1, 2), (5, 7))) == [3]
+    assert list(launch_spec.pool_window_sizes((1, 1), (5, 5))) == [3, 4, 5]
+    assert list(launch_spec.pool_window_sizes((2, 2), (7, 9))) == []     # k=3 rows, k=4 cols
+    assert launch_spec.gather_window_bracket((12, 12), (24, 24)) == (2, 2)
+    assert launch_spec.gather_window_bracket((1, 1), (5, 5)) == (3, 5)
+    assert launch_spec.gather_window_bracket((2, 2), (7, 9)) is None
+    assert launch_spec.gather_window_bracket((3, 2), (7, 7)) is None       # k=2 rows, k=3 cols
+    assert contract.pool_window_sizes is launch_spec.pool_window_sizes     # one rule
+
+
+@pytest.mark.parametrize("hw, pooled", [((7, 9), (2, 2)), ((7, 7), (3, 2))],
+                         ids=["7x9_from_2x2", "7x7_from_3x2"])
+def test_a_plane_no_window_size_fits_gives_the_same_result_on_every_backend(be, hw, pooled):
+    """No k pools hw to the pooled plane, so the gathers have no window to scan: every
+    version of every backend still places the values at their (in-range, distinct) switches
+    -- the GPU backends by running the scatter (kernels/launch_spec.py) -- and none raises."""
+    rng = np.random.default_rng(5)
+    n, c = 2, 3
+    y = rng.standard_normal((n, c) + pooled).astype(np.float32)
+    size = pooled[0] * pooled[1]
+    sw = np.stack([rng.permutation(hw[0] * hw[1])[:size] for _ in range(n * c)])
+    sw = sw.reshape((n, c) + pooled).astype(np.int32)
+    want = np.zeros((n * c, hw[0] * hw[1]), np.float32)
+    np.put_along_axis(want, sw.reshape(n * c, -1), y.reshape(n * c, -1), axis=1)
+    want = want.reshape((n, c) + hw)
+    for op in ("maxpool2d_backward", "unpool2d_forward"):
+        for v in be.versions(op):
+            got = getattr(be, op)(be.to_device(y), be.to_device(sw), hw, version=v)
+            np.testing.assert_array_equal(be.to_host(got), want, err_msg=f"{op} {v}")
 
 
 @pytest.mark.parametrize("bad", [-1, 16])

@@ -17,16 +17,10 @@ import pytest
 from kernels import get_backend
 from kernels.testing import assert_op_close, distinct_values
 
+from gpu_ladders import POOL_LADDER, check_ladder
 from numba_backends import KINDS, numba_backend
 
 ref = get_backend("numpy")
-
-LADDER = {
-    "maxpool2d_forward": ("naive",),
-    "maxpool2d_backward": ("naive", "gather"),
-    "unpool2d_forward": ("naive", "gather"),
-    "unpool2d_backward": ("naive",),
-}
 
 # (N, C, H, W, k)
 ODD = {
@@ -44,7 +38,7 @@ PAPER = {   # name -> (full size at batch 1, simulator slice)
 
 def _cases(shapes):
     return [pytest.param(op, v, shape, id=f"{op}-{v}-{name}")
-            for op, versions in LADDER.items() for v in versions
+            for op, versions in POOL_LADDER.items() for v in versions
             for name, shape in shapes.items()]
 
 
@@ -78,10 +72,7 @@ def check_version(be, op, version, shape, rng, ties=False):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_version_ladder(kind):
-    be = numba_backend(kind)
-    for op, versions in LADDER.items():
-        assert be.versions(op) == versions
-        assert be.default_version(op) in versions
+    check_ladder(numba_backend(kind), POOL_LADDER)
 
 
 @pytest.mark.parametrize("op,version,shape", _cases(ODD))
@@ -117,16 +108,6 @@ def test_paper_layers_full_simulator(kind, op, version, shape, rng):
                          _cases({k: (8,) + v[0][1:] for k, v in PAPER.items()}))
 def test_paper_layers_full_gpu(op, version, shape, rng):
     check_version(numba_backend("gpu"), op, version, shape, rng)
-
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_gather_rejects_impossible_plane(kind):
-    """No k pools 7x7 to 3x2 (7//k == 3 needs k=2, 7//k == 2 needs k=3): the gather says so."""
-    be = numba_backend(kind)
-    v = be.to_device(np.ones((1, 1, 3, 2), np.float32))
-    sw = be.to_device(np.zeros((1, 1, 3, 2), np.int32))
-    with pytest.raises(ValueError, match="no pooling window size"):
-        be.maxpool2d_backward(v, sw, (7, 7), version="gather")
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -133,7 +133,7 @@ def test_split_matches_numpy_and_repeats_bitwise(kind, op, monkeypatch):
 def test_unsplit_is_the_plain_version_bitwise(kind, op, monkeypatch):
     """S == 1 (here: a one-SM device, so the tiles alone fill it): one launch, no workspace,
     and exactly the bits of implicit_gemm / reduce."""
-    monkeypatch.setattr(launch_spec, "_TARGET", device.Device("one SM", 1, 1.0, 1.0))
+    monkeypatch.setattr(device, "DEFAULT", device.Device("one SM", 1, 1.0, 1.0))
     be = _backend(kind)
     args = _args(op, SHAPES[op], seed=1)
     out, launches = _run(be, op, SPLIT[op], args)
@@ -149,7 +149,7 @@ def test_many_slices_and_tiles(kind, monkeypatch):
     """The most slices the rule can give (a huge device: one K step of 8 per slice; R = 36
     positions, so S = 5 and the last slice is half a step) on two column tiles of dw
     (C*KH*KW = 70), with T = 2 threads per element in the sum (S > 4)."""
-    monkeypatch.setattr(launch_spec, "_TARGET", device.Device("huge", 10**6, 1.0, 1.0))
+    monkeypatch.setattr(device, "DEFAULT", device.Device("huge", 10**6, 1.0, 1.0))
     if kind == "cupy":
         monkeypatch.setenv("SCAE_NP_EMU_RACECHECK", "1")
     be = _backend(kind)

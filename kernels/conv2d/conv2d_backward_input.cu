@@ -7,7 +7,7 @@
 // Reference: conv2d_backward_input_naive in kernels/conv2d/numpy_ops.py. Launch code:
 // kernels/cupy_backend.py.
 //
-// Versions (ladder order; each one line):
+// Versions (ladder order):
 //   naive          one thread per dx element; it gathers the (at most F*KH*KW) dy entries that
 //                  touch it, bounds-checking each: no atomics, each dx written once.
 //   tiled          one 16x16 tile of one (n,c) dx plane per block, one output per thread; for

@@ -10,7 +10,7 @@
 // Reference: conv2d_backward_{weight,bias}_naive in kernels/conv2d/numpy_ops.py. Launch code:
 // kernels/cupy_backend.py.
 //
-// Weight-gradient versions (ladder order; each one line):
+// Weight-gradient versions (ladder order):
 //   naive          one thread per dw element, looping over all (n, i, j) in order:
 //                  deterministic, but only F*C*KH*KW threads (2,500 for layer 1) each doing a
 //                  long serial sum.

@@ -6,7 +6,7 @@
 // Reference: conv2d_forward_naive in kernels/conv2d/numpy_ops.py.  Launch code (grid, block,
 // shared memory): kernels/cupy_backend.py, shared by CuPy and the CPU emulator.
 //
-// Versions (ladder order; each one line):
+// Versions (ladder order):
 //   naive          one thread per output y[n,f,i,j], 1-D grid of 256-thread blocks; reads its
 //                  C*KH*KW inputs and weights straight from global memory (every x value is
 //                  re-read by up to KH*KW*F threads).

@@ -112,27 +112,20 @@ import numpy as np
 from numba import cuda, float32, int32, uint32
 
 from ..cupy_backend import _check_int32   # the CUDA C launcher's int32 size check
-from ..launch_spec import SPLITK_RED_THREADS, conv_split_k, splitk_sum_threads
 
 # --------------------------------------------------------------------------- tile sizes
-# Module-level ints are compile-time constants for numba (CUDA C: #define).
-NAIVE_BLOCK = 256          # threads per block of the one-thread-per-output kernels
-CONV_TILE = 16             # tiled: CONV_TILE x CONV_TILE outputs per block, one per thread
-GEMM_BM, GEMM_BN, GEMM_BK = 64, 64, 8   # implicit GEMM block tile (M x N) and K step
-GEMM_PAD = 4               # row padding of the B tile (A tile for dw): stores hit 32 banks
+# Module-level ints are compile-time constants for numba (CUDA C: #define), imported ones
+# too. Block and tile sizes, and the weight-gradient reduce rule, are the CUDA C launcher's:
+# kernels/launch_spec.py holds them for both dialects.
+from ..launch_spec import (BGRAD_THREADS, CONV_TILE, FULL_MASK, GEMM_BK, GEMM_BM, GEMM_BN,
+                           GEMM_PAD, GEMM_THREADS, GRID_YZ_MAX, THREADS, WGRAD_CHUNK,
+                           WGRAD_RED_BLOCK, wgrad_reduce_threads)
+from ..launch_spec import SPLITK_RED_THREADS, conv_split_k, splitk_sum_threads
+from ..launch_spec import cdiv as _cdiv
+
 GEMM_BN_PAD = GEMM_BN + GEMM_PAD   # padded row: a shared-array shape must be a literal
 GEMM_BM_PAD = GEMM_BM + GEMM_PAD   # constant, so the sum is taken here, not in the kernel
-GEMM_THREADS = 256         # implicit GEMM: 16 x 16 threads, each owning a 4 x 4 register block
-WGRAD_CHUNK = 256          # atomic: (n,i,j) positions summed by one thread
-WGRAD_RED_BLOCK = 256      # reduce: threads per block (T per dw element, 256/T elements)
-BGRAD_THREADS = 256        # bias reduce: threads per block (a power of two)
 BGRAD_WARPS = BGRAD_THREADS // 32   # bias warp: warps per block (a shared-array shape)
-FULL_MASK = 0xFFFFFFFF     # warp versions: all 32 lanes take part in every shuffle
-MAX_GRID_Z = 65535         # CUDA's gridDim.z limit; the tiled kernels stride over z
-
-
-def _cdiv(a, b):
-    return (a + b - 1) // b
 
 
 # ----------------------------------------------------------------- 32-bit index maths
@@ -188,7 +181,7 @@ def launch_conv2d_forward_naive(rt, x, w, b):
     n, c, h, wd = x.shape
     f, _, kh, kw = w.shape
     y = rt.empty((n, f, h - kh + 1, wd - kw + 1))
-    rt.launch(conv2d_forward_naive, _cdiv(y.size, NAIVE_BLOCK), NAIVE_BLOCK, (y, x, w, b))
+    rt.launch(conv2d_forward_naive, _cdiv(y.size, THREADS), THREADS, (y, x, w, b))
     return y
 
 
@@ -247,7 +240,7 @@ def launch_conv2d_forward_tiled(rt, x, w, b):
     oh, ow = h - kh + 1, wd - kw + 1
     y = rt.empty((n, f, oh, ow))
     smem = ((CONV_TILE + kh - 1) * (CONV_TILE + kw - 1) + kh * kw) * 4
-    grid = (_cdiv(ow, CONV_TILE), _cdiv(oh, CONV_TILE), min(n * f, MAX_GRID_Z))
+    grid = (_cdiv(ow, CONV_TILE), _cdiv(oh, CONV_TILE), min(n * f, GRID_YZ_MAX))
     rt.launch(conv2d_forward_tiled, grid, (CONV_TILE, CONV_TILE), (y, x, w, b), shared=smem)
     return y
 
@@ -482,7 +475,7 @@ def launch_conv2d_backward_input_naive(rt, dy, w):
     n, f, oh, ow = dy.shape
     _, c, kh, kw = w.shape
     dx = rt.empty((n, c, oh + kh - 1, ow + kw - 1))
-    rt.launch(conv2d_backward_input_naive, _cdiv(dx.size, NAIVE_BLOCK), NAIVE_BLOCK,
+    rt.launch(conv2d_backward_input_naive, _cdiv(dx.size, THREADS), THREADS,
               (dx, dy, w))
     return dx
 
@@ -540,7 +533,7 @@ def launch_conv2d_backward_input_tiled(rt, dy, w):
     h, wd = oh + kh - 1, ow + kw - 1
     dx = rt.empty((n, c, h, wd))
     smem = ((CONV_TILE + kh - 1) * (CONV_TILE + kw - 1) + kh * kw) * 4
-    grid = (_cdiv(wd, CONV_TILE), _cdiv(h, CONV_TILE), min(n * c, MAX_GRID_Z))
+    grid = (_cdiv(wd, CONV_TILE), _cdiv(h, CONV_TILE), min(n * c, GRID_YZ_MAX))
     rt.launch(conv2d_backward_input_tiled, grid, (CONV_TILE, CONV_TILE), (dx, dy, w), shared=smem)
     return dx
 
@@ -732,7 +725,7 @@ def launch_conv2d_backward_weight_naive(rt, x, dy):
     n, c, h, wd = x.shape
     _, f, oh, ow = dy.shape
     dw = rt.empty((f, c, h - oh + 1, wd - ow + 1))
-    rt.launch(conv2d_backward_weight_naive, _cdiv(dw.size, NAIVE_BLOCK), NAIVE_BLOCK,
+    rt.launch(conv2d_backward_weight_naive, _cdiv(dw.size, THREADS), THREADS,
               (dw, x, dy))
     return dw
 
@@ -770,7 +763,7 @@ def launch_conv2d_backward_weight_atomic(rt, x, dy):
     _, f, oh, ow = dy.shape
     dw = rt.zeros((f, c, h - oh + 1, wd - ow + 1))
     nchunks = _cdiv(n * oh * ow, WGRAD_CHUNK)
-    rt.launch(conv2d_backward_weight_atomic, _cdiv(dw.size * nchunks, NAIVE_BLOCK), NAIVE_BLOCK,
+    rt.launch(conv2d_backward_weight_atomic, _cdiv(dw.size * nchunks, THREADS), THREADS,
               (dw, x, dy))
     return dw
 
@@ -802,16 +795,6 @@ def conv2d_backward_weight_reduce(dw, x, dy):
         stride //= 2
     if tx == 0 and e < dw.size:
         store_flat4(dw, e, part[mine])
-
-
-def wgrad_reduce_threads(r):
-    """Threads per dw element of the reduce version: a power of two <= 32, about r/8 (each
-    thread then sums about 8 terms before the tree), so small reductions leave no thread idle.
-    The same rule as the CUDA C launcher (kernels/cupy_backend.py)."""
-    t = 1
-    while t < 32 and t * 8 < r:
-        t *= 2
-    return t
 
 
 def _launch_wgrad_split(rt, kernel, x, dy):
@@ -1010,7 +993,7 @@ def conv2d_backward_bias_naive(db, dy):
 
 def launch_conv2d_backward_bias_naive(rt, dy):
     db = rt.empty((dy.shape[1],))
-    rt.launch(conv2d_backward_bias_naive, _cdiv(db.size, NAIVE_BLOCK), NAIVE_BLOCK, (db, dy))
+    rt.launch(conv2d_backward_bias_naive, _cdiv(db.size, THREADS), THREADS, (db, dy))
     return db
 
 
@@ -1156,9 +1139,9 @@ def launch_conv2d_backward_bias_split(rt, dy):
     n, f, oh, ow = dy.shape
     db = rt.empty((f,))
     s, chunk = conv_split_k(f, n * oh * ow, k_step=BGRAD_THREADS)
-    if s > MAX_GRID_Z:
+    if s > GRID_YZ_MAX:
         raise ValueError(f"the bias split needs {s} slices, more than CUDA's grid.y limit "
-                         f"{MAX_GRID_Z}; use version='reduce'")
+                         f"{GRID_YZ_MAX}; use version='reduce'")
     ws = rt.empty((f, s))
     count = rt.zeros((f,), dtype=np.uint32)
     rt.launch(conv2d_backward_bias_split, (f, s), BGRAD_THREADS, (db, dy, ws, count, chunk))

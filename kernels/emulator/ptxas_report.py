@@ -78,7 +78,8 @@ def compile_all(nvcc=None, jobs=2):
 
 def default_kernels():
     from kernels.cupy_backend import _DEFAULTS
-    return {f"{op}_{v}" for op, v in _DEFAULTS.items()}
+    from kernels.launch_spec import kernel_name
+    return {kernel_name(op, v) for op, v in _DEFAULTS.items()}
 
 
 def spills_in_defaults(rows):

@@ -7,10 +7,13 @@
 //            the largest value: a window holding a NaN pools to NaN, switch at its first NaN.
 //            x (N,C,H,W) -> y, switches (N,C,H//k,W//k): non-overlapping windows, stride k,
 //            remainder rows/cols dropped.
-// Backward:  dx (N,C,H,W) = dy placed at the switches, zeros elsewhere.
-// Reference: kernels/pool2d/numpy_ops.py. Launch code: kernels/cupy_backend.py.
+// Backward:  dx (N,C,H,W) = dy placed at the switches, zeros elsewhere. By the contract this
+//            is also unpool2d_forward (y placed at its switches): the backward kernels below
+//            serve both ops, there is no second copy in unpool2d.cu.
+// Reference: kernels/pool2d/numpy_ops.py. Launch code: kernels/cupy_backend.py; block size
+// and window rule: kernels/launch_spec.py (shared with the numba kernels).
 //
-// Versions (ladder order; each one line):
+// Versions (ladder order):
 //   forward  naive   one thread per output (n,c,i,j) scans its k*k window: each x value is read
 //                    by exactly one thread, so this is already one pass over x (memory-bound,
 //                    nothing to tile).
@@ -24,7 +27,8 @@
 //
 // The backward pass is not told k (the contract passes only input_hw = (H, W)); every k that
 // pools (H, W) to (OH, OW) lies in [kmin, kmax], computed on the host, so the gather thread
-// checks the windows h/kmax .. h/kmin (one window in every normal case, kmin == kmax).
+// checks the windows h/kmax .. h/kmin (one window in every normal case, kmin == kmax). Where
+// no k pools (H, W) to (OH, OW) the launcher runs the scatter instead (same result).
 // Gather assumes each switch lies in its own window, which holds for switches made by the
 // forward pass; a switch outside the windows it scans is dropped (see the contract,
 // kernels/contract.py, for every version's behaviour on illegal switches). Out-of-range
@@ -60,6 +64,7 @@ extern "C" __global__ void maxpool2d_forward_naive(real* __restrict__ y, int* __
 // ------------------------------------------------------------------------ backward: naive
 // dx must be zero before the launch. grid (ceil(N*C*OH*OW / 256)), block (256).
 // Thread idx -> dy.flat[idx], written to dx[plane, switches.flat[idx]].
+// Also unpool2d_forward naive: dx = x (N,C,H,W), dy = y (N,C,OH,OW).
 extern "C" __global__ void maxpool2d_backward_naive(real* __restrict__ dx,
                                                     const real* __restrict__ dy,
                                                     const int* __restrict__ sw, int N, int C,
@@ -74,6 +79,7 @@ extern "C" __global__ void maxpool2d_backward_naive(real* __restrict__ dx,
 
 // ----------------------------------------------------------------------- backward: gather
 // grid (ceil(N*C*H*W / 256)), block (256). Thread idx -> dx.flat[idx] = dx[n,c,h,v].
+// Also unpool2d_forward gather: dx = x (N,C,H,W), dy = y (N,C,OH,OW).
 extern "C" __global__ void maxpool2d_backward_gather(real* __restrict__ dx,
                                                      const real* __restrict__ dy,
                                                      const int* __restrict__ sw, int N, int C,

@@ -66,16 +66,23 @@ def maxpool2d_forward_naive(x, k):
     return y, sw
 
 
-def maxpool2d_backward_naive(dy, switches, input_hw):
-    n_, c_, oh, ow = dy.shape
-    h, wd = input_hw
-    dx = np.zeros((n_, c_, h, wd), dtype=dy.dtype)
+def _switch_pairs(switches, wd):
+    """Every pooled position (n, c, i, j), in row-major order, with the pixel (n, c, h, v)
+    of its plane (width ``wd``) that its switch h*wd + v points at."""
+    n_, c_, oh, ow = switches.shape
     for n in range(n_):
         for c in range(c_):
             for i in range(oh):
                 for j in range(ow):
                     s = int(switches[n, c, i, j])
-                    dx[n, c, s // wd, s % wd] = dy[n, c, i, j]   # last one wins
+                    yield (n, c, i, j), (n, c, s // wd, s % wd)
+
+
+def maxpool2d_backward_naive(dy, switches, input_hw):
+    h, wd = input_hw
+    dx = np.zeros(dy.shape[:2] + (h, wd), dtype=dy.dtype)
+    for pooled, pixel in _switch_pairs(switches, wd):
+        dx[pixel] = dy[pooled]          # a scatter; for a repeated switch the last one wins
     return dx
 
 
@@ -85,15 +92,9 @@ def unpool2d_forward_naive(y, switches, output_hw):
 
 
 def unpool2d_backward_naive(dx, switches):
-    n_, c_, oh, ow = switches.shape
-    wd = dx.shape[3]
-    dy = np.empty((n_, c_, oh, ow), dtype=dx.dtype)
-    for n in range(n_):
-        for c in range(c_):
-            for i in range(oh):
-                for j in range(ow):
-                    s = int(switches[n, c, i, j])
-                    dy[n, c, i, j] = dx[n, c, s // wd, s % wd]
+    dy = np.empty(switches.shape, dtype=dx.dtype)
+    for pooled, pixel in _switch_pairs(switches, dx.shape[3]):
+        dy[pooled] = dx[pixel]          # the gather: the scatter's adjoint
     return dy
 
 
