@@ -12,8 +12,8 @@
 // T sums of e are added pairwise in a fixed shared-memory tree (T/2, ..., 1 apart) and
 // thread tx = 0 writes out[e]. Every output is summed in one fixed order: the same bits on
 // every run (no atomics), and with T > 1 a large S (the weight gradient's, up to 2*132)
-// still gives many blocks. Reads of ws are coalesced when T = 1 (consecutive ty,
-// consecutive e); with T > 1 each warp reads 32/T runs of consecutive addresses.
+// still gives many blocks. Reads of ws: consecutive ty read consecutive e, so a warp reads
+// one run of 32 consecutive floats when T = 1, and T runs of 32/T (one per s) when T > 1.
 // Limits: S*E < 2^31 (int indexing, checked by the launcher); blockDim.x*blockDim.y = 128.
 
 typedef float real;
