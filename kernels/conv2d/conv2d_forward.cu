@@ -164,7 +164,8 @@ __device__ __forceinline__ void forward_gemm_tile(real* __restrict__ out,
         const int n = m / OHW, rr = m % OHW;
         for (int s = 0; s < 4; ++s) {
             const int f = f0 + ty + 16 * s;
-            if (f < F) out[((size_t)n * F + f) * OHW + rr] = acc[r][s] + (add_bias ? b[f] : (real)0);
+            if (f < F)
+                out[((size_t)n * F + f) * OHW + rr] = acc[r][s] + (add_bias ? b[f] : (real)0);
         }
     }
 }
