@@ -25,6 +25,7 @@ from .launch_spec import (BGRAD_THREADS, CONV_TILE, GEMM_BM, GEMM_BN, GEMM_THREA
                           GRID_YZ_MAX, INT32_MAX, THREADS, WGRAD_CHUNK, WGRAD_RED_BLOCK,
                           gather_window_bracket, kernel_name, one_thread_per,
                           wgrad_reduce_threads)
+from .launch_spec import SPLITK_RED_THREADS, conv_split_k, splitk_sum_threads
 from .launch_spec import cdiv as _cdiv
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -42,13 +43,17 @@ SOURCES = {
     "unpool2d_backward": "pool2d/unpool2d.cu",
 }
 
+#: kernels that are no op's version but a second pass of one (name -> source file): the sum of
+#: the split-K partials (kernels/launch_spec.py: conv_split_k)
+HELPER_SOURCES = {"splitk_sum": "conv2d/splitk_sum.cu"}
+
 #: versions per op, ladder order (naive first); the kernel is ``<op>_<version>``
 #: (``launch_spec.kernel_name``)
 VERSIONS = {
-    "conv2d_forward": ("naive", "tiled", "implicit_gemm"),
-    "conv2d_backward_input": ("naive", "tiled", "implicit_gemm"),
-    "conv2d_backward_weight": ("naive", "atomic", "reduce", "warp", "implicit_gemm"),
-    "conv2d_backward_bias": ("naive", "reduce", "warp"),
+    "conv2d_forward": ("naive", "tiled", "implicit_gemm", "splitk"),
+    "conv2d_backward_input": ("naive", "tiled", "implicit_gemm", "splitk"),
+    "conv2d_backward_weight": ("naive", "atomic", "reduce", "warp", "implicit_gemm", "splitk"),
+    "conv2d_backward_bias": ("naive", "reduce", "warp", "split"),
     "maxpool2d_forward": ("naive",),
     "maxpool2d_backward": ("naive", "gather"),
     "unpool2d_forward": ("naive", "gather"),
@@ -60,12 +65,16 @@ VERSIONS = {
 # per 64-wide tile; the gather versions write every output once, coalesced, with no memset;
 # the bias reduce uses F blocks of 256 threads instead of F threads. The warp-shuffle versions
 # (`warp`) should beat `reduce` on a GPU (no shared-memory tree, 0 or 1 barrier instead of up
-# to 9) but stay out of the defaults until they are timed on one.
+# to 9) but stay out of the defaults until they are timed on one. The split versions (`splitk`,
+# bias `split`) are the defaults since issue 12: they are implicit_gemm / reduce when the output
+# alone gives every SM a block, and split the reduction (deterministically) when it does not
+# (kernels/launch_spec.py: conv_split_k), so no default launch at the paper's shapes leaves an
+# SM of a 132-SM H100/H200 idle (tests/test_launch_geometry.py).
 _DEFAULTS = {
-    "conv2d_forward": "implicit_gemm",
-    "conv2d_backward_input": "implicit_gemm",
-    "conv2d_backward_weight": "implicit_gemm",
-    "conv2d_backward_bias": "reduce",
+    "conv2d_forward": "splitk",
+    "conv2d_backward_input": "splitk",
+    "conv2d_backward_weight": "splitk",
+    "conv2d_backward_bias": "split",
     "maxpool2d_forward": "naive",
     "maxpool2d_backward": "gather",
     "unpool2d_forward": "gather",
@@ -191,8 +200,9 @@ class CupyBackend(Backend):
 
     # ------------------------------------------------------------------ the one launcher
     def module(self, op):
-        """The compiled module (``cupy.RawModule`` or ``EmuModule``) holding ``op``'s kernels."""
-        path = os.path.join(HERE, SOURCES[op])
+        """The compiled module (``cupy.RawModule`` or ``EmuModule``) holding ``op``'s kernels
+        (``op``: an op, or a helper kernel of ``HELPER_SOURCES``)."""
+        path = os.path.join(HERE, SOURCES[op] if op in SOURCES else HELPER_SOURCES[op])
         if path not in self._modules:
             if self.emulated:
                 self._modules[path] = self._emu.EmuModule(path=path, asan=self._asan)
@@ -249,9 +259,13 @@ class CupyBackend(Backend):
             for s, e in _batch_chunks(n, f):
                 self._launch(op, k, (_cdiv(ow, CONV_TILE), _cdiv(oh, CONV_TILE), (e - s) * f),
                              (CONV_TILE, CONV_TILE), (y[s:e], x[s:e], w, b, *dims(e - s)), smem)
-        else:
-            self._launch(op, k, (_cdiv(n * oh * ow, GEMM_BM), _cdiv(f, GEMM_BN)),
-                         (GEMM_THREADS,), (y, x, w, b, *dims(n)))
+        elif version == "implicit_gemm":
+            self._launch(op, k, (_cdiv(n * oh * ow, GEMM_BM), _cdiv(f, GEMM_BN)), (GEMM_THREADS,),
+                         (y, x, w, b, *dims(n)))
+        else:                                   # splitk
+            tiles = (_cdiv(n * oh * ow, GEMM_BM), _cdiv(f, GEMM_BN))
+            self._splitk(op, k, tiles, c * kh * kw, y, lambda ws, chunk:
+                         (ws, x, w, b, *dims(n), i32(chunk)))
         return y
 
     def _conv2d_backward_input(self, dy, w, version):
@@ -269,9 +283,13 @@ class CupyBackend(Backend):
             for s, e in _batch_chunks(n, c):
                 self._launch(op, k, (_cdiv(wd, CONV_TILE), _cdiv(h, CONV_TILE), (e - s) * c),
                              (CONV_TILE, CONV_TILE), (dx[s:e], dy[s:e], w, *dims(e - s)), smem)
-        else:
-            self._launch(op, k, (_cdiv(n * h * wd, GEMM_BM), _cdiv(c, GEMM_BN)),
-                         (GEMM_THREADS,), (dx, dy, w, *dims(n)))
+        elif version == "implicit_gemm":
+            self._launch(op, k, (_cdiv(n * h * wd, GEMM_BM), _cdiv(c, GEMM_BN)), (GEMM_THREADS,),
+                         (dx, dy, w, *dims(n)))
+        else:                                   # splitk
+            tiles = (_cdiv(n * h * wd, GEMM_BM), _cdiv(c, GEMM_BN))
+            self._splitk(op, k, tiles, f * kh * kw, dx, lambda ws, chunk:
+                         (ws, dy, w, *dims(n), i32(chunk)))
         return dx
 
     def _conv2d_backward_weight(self, x, dy, version):
@@ -293,10 +311,30 @@ class CupyBackend(Backend):
             t = wgrad_reduce_threads(r_)
             self._launch(op, k, (_cdiv(e_, WGRAD_RED_BLOCK // t),), (t, WGRAD_RED_BLOCK // t),
                          args)
-        else:
-            self._launch(op, k, (_cdiv(f, GEMM_BM), _cdiv(c * kh * kw, GEMM_BN)),
-                         (GEMM_THREADS,), args)
+        elif version == "implicit_gemm":
+            self._launch(op, k, (_cdiv(f, GEMM_BM), _cdiv(c * kh * kw, GEMM_BN)), (GEMM_THREADS,),
+                         args)
+        else:                                   # splitk: K = R = N*OH*OW
+            tiles = (_cdiv(f, GEMM_BM), _cdiv(c * kh * kw, GEMM_BN))
+            self._splitk(op, k, tiles, r_, dw, lambda ws, chunk: (ws, *args[1:], i32(chunk)))
         return dw
+
+    def _splitk(self, op, kernel, tiles, k_total, out, make_args):
+        """A split-K GEMM launch and its fixed-order sum: grid ``tiles + (S,)`` with S and the
+        slice length from ``launch_spec.conv_split_k``; with S == 1 the kernel writes ``out``
+        directly, else partials go to a workspace (S, *out.shape) that ``splitk_sum`` adds
+        into ``out``. ``make_args(ws, chunk)``: the kernel's arguments."""
+        s_, chunk = conv_split_k(tiles[0] * tiles[1], k_total)
+        if s_ == 1:
+            self._launch(op, kernel, tiles + (1,), (GEMM_THREADS,), make_args(out, chunk))
+            return
+        _check_int32(workspace=s_ * out.size)
+        ws = self._empty((s_,) + out.shape)
+        self._launch(op, kernel, tiles + (s_,), (GEMM_THREADS,), make_args(ws, chunk))
+        t = splitk_sum_threads(s_)
+        per_block = SPLITK_RED_THREADS // t
+        self._launch("splitk_sum", "splitk_sum", (_cdiv(out.size, per_block),), (t, per_block),
+                     (out, ws, i32(s_), i32(out.size)))
 
     def _conv2d_backward_bias(self, dy, version):
         n, f, oh, ow = dy.shape
@@ -306,6 +344,15 @@ class CupyBackend(Backend):
         args = (db, dy, i32(n), i32(f), i32(oh), i32(ow))
         if version == "naive":
             self._launch(op, k, (_cdiv(f, THREADS),), (THREADS,), args)
+        elif version == "split":                # grid (F, S): S slices of N*OH*OW per f
+            s_, chunk = conv_split_k(f, n * oh * ow, k_step=BGRAD_THREADS)
+            if s_ > GRID_YZ_MAX:
+                raise ValueError(f"the bias split needs {s_} slices, more than CUDA's grid.y "
+                                 f"limit {GRID_YZ_MAX}; use version='reduce'")
+            ws = self._empty((f, s_))
+            count = self.xp.zeros(f, dtype=np.uint32)
+            self._launch(op, k, (f, s_), (BGRAD_THREADS,),
+                         (db, dy, ws, count, i32(n), i32(f), i32(oh), i32(ow), i32(chunk)))
         else:                                   # reduce, warp: one 256-thread block per f
             self._launch(op, k, (f,), (BGRAD_THREADS,), args)
         return db

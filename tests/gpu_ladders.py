@@ -10,10 +10,10 @@ README's ladder table, where the default is bold.
 """
 
 _TABLE = """
-conv2d_forward          naive  tiled   *implicit_gemm
-conv2d_backward_input   naive  tiled   *implicit_gemm
-conv2d_backward_weight  naive  atomic  reduce  warp  *implicit_gemm
-conv2d_backward_bias    naive  *reduce warp
+conv2d_forward          naive  tiled   implicit_gemm  *splitk
+conv2d_backward_input   naive  tiled   implicit_gemm  *splitk
+conv2d_backward_weight  naive  atomic  reduce  warp  implicit_gemm  *splitk
+conv2d_backward_bias    naive  reduce  warp    *split
 maxpool2d_forward       *naive
 maxpool2d_backward      naive  *gather
 unpool2d_forward        naive  *gather

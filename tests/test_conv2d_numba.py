@@ -49,8 +49,8 @@ ODD = {
 }
 # Several GEMM column blocks (64 + 6): F=70 for the forward GEMM (N=F) and the weight GEMM
 # (M=F); C=70 for the input GEMM (N=C) and the weight GEMM (N=C*KH*KW=280). Run by the
-# implicit_gemm versions only: the one-block-per-plane versions would pay 70x in the
-# simulator for nothing new.
+# implicit_gemm and splitk versions only: the one-block-per-plane versions would pay 70x in
+# the simulator for nothing new.
 GEMM_WIDE = {
     "gemm_f70": (1, 3, 4, 5, 70, 2, 2),
     "gemm_c70": (1, 70, 4, 5, 3, 2, 2),
@@ -81,16 +81,18 @@ PAPER = {
 # forward/input GEMMs on the 28x28 and 32x32 planes need 13-16 blocks of 256 threads. What
 # they test is covered in the default tier by the same kernels on the other shapes (every
 # tile remainder, several M and N blocks, K not a multiple of 8).
-SIM_SLOW = {
-    ("conv2d_backward_weight", "implicit_gemm", "odd_1x1x19x18_f2_k3x2"),
-    ("conv2d_forward", "implicit_gemm", "mnist1_1to100_5x5_28"),
-    ("conv2d_forward", "implicit_gemm", "cifar1_3to100_5x5_32"),
-    ("conv2d_backward_input", "implicit_gemm", "mnist1_1to100_5x5_28"),
-    ("conv2d_backward_input", "implicit_gemm", "cifar1_3to100_5x5_32"),
-    ("conv2d_backward_weight", "implicit_gemm", "mnist1_1to100_5x5_28"),
-    ("conv2d_backward_weight", "implicit_gemm", "cifar1_3to100_5x5_32"),
-    ("conv2d_backward_weight", "implicit_gemm", "cifar2_100to150_5x5_14"),
-}
+# The split-K versions (splitk) run the same tiles over slices of K in more blocks, so the
+# same cases are slow for them (measured 3-34 s each): they are listed for both.
+SIM_SLOW = {(op, v, name) for v in ("implicit_gemm", "splitk") for op, name in (
+    ("conv2d_backward_weight", "odd_1x1x19x18_f2_k3x2"),
+    ("conv2d_forward", "mnist1_1to100_5x5_28"),
+    ("conv2d_forward", "cifar1_3to100_5x5_32"),
+    ("conv2d_backward_input", "mnist1_1to100_5x5_28"),
+    ("conv2d_backward_input", "cifar1_3to100_5x5_32"),
+    ("conv2d_backward_weight", "mnist1_1to100_5x5_28"),
+    ("conv2d_backward_weight", "cifar1_3to100_5x5_32"),
+    ("conv2d_backward_weight", "cifar2_100to150_5x5_14"),
+)}
 
 
 def _cases(shapes, gemm_extra=None, sim_slow=()):
@@ -104,7 +106,7 @@ def _cases(shapes, gemm_extra=None, sim_slow=()):
         for v in versions:
             for name, shape in shapes.items():
                 add(op, v, name, shape)
-            if gemm_extra and v == "implicit_gemm":
+            if gemm_extra and v in ("implicit_gemm", "splitk"):
                 for name, shape in gemm_extra.items():
                     if op == "conv2d_backward_input" and shape[4] == 70:
                         continue        # F=70 widens only K here: nothing new for dx

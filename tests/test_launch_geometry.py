@@ -60,19 +60,32 @@ def test_dry_plan_matches_the_launches_that_run():
 
 
 def test_the_rule_can_fail():
-    """The old weight gradient (implicit_gemm) gives the Fig. 1 CAE one block."""
+    """The weight gradient without a split (implicit_gemm) gives the Fig. 1 CAE one block."""
     L = workloads.with_batch(workloads.named_shapes()["fig1-cae"], 128)
     be = get_backend("cupy", emulate=True)
     (la,) = device.plan(be, "conv2d_backward_weight", L, version="implicit_gemm")
     assert la.blocks == 1 and not device.fills_device(la)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "issue 12 item 1 open: the weight-gradient (1-120 blocks), bias (20-150) and some "
-    "batch-16 forward/input GEMM launches leave SMs idle; split-K versions not built yet. "
-    "strict: this turns into a failure (XPASS) once they are, so remove the mark then"))
 @pytest.mark.parametrize("which", ["cupy", "numba"])
 def test_every_default_launch_fills_an_h200(which):
+    """Since issue 12 the defaults split their reductions when the output alone is too small
+    (``splitk`` GEMMs + ``splitk_sum``, the bias ``split``; rule: kernels/launch_spec.py):
+    every launch, second passes included, has at least 132 blocks."""
     be = {b.name: b for b in _backends()}[which]
     idle = _idle(be)
     assert not idle, "\n".join(idle)
+
+
+def test_cupy_and_numba_plan_the_same_launches():
+    """The CUDA C and numba versions of one name are translations of each other: the same
+    kernels, grids and blocks for every default launch at every shape above (the split-K
+    second passes included)."""
+    cupy_be, numba_be = _backends()
+    for L in LAYERS:
+        for op in OPS:
+            if op.startswith("conv") != (L.kind == "conv"):
+                continue
+            a, b = device.plan(cupy_be, op, L), device.plan(numba_be, op, L)
+            assert [(x.kernel, x.grid, x.block) for x in a] == \
+                   [(x.kernel, x.grid, x.block) for x in b], (op, L.name, L.n)

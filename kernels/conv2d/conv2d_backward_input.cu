@@ -19,6 +19,9 @@
 //                  (zero outside dy), B[k,c] = w[f,c,p,q]. 64x64 dx tile per 256-thread block,
 //                  K in steps of 8 through shared memory, a 4x4 register block per thread: the
 //                  same arithmetic intensity as the forward implicit GEMM.
+//   splitk         implicit_gemm with K cut into S slices (grid z) when the dx tiles alone
+//                  would leave SMs idle; partials to a workspace, summed in a fixed order by
+//                  splitk_sum.cu: deterministic. S = 1: implicit_gemm's tiles and bits.
 
 typedef float real;
 
@@ -94,18 +97,21 @@ extern "C" __global__ void conv2d_backward_input_tiled(real* __restrict__ dx,
 }
 
 // -------------------------------------------------------------------------- implicit_gemm
-// grid (ceil(N*H*W / 64), ceil(C / 64)), block (256).
-// Thread t, tx = t % 16, ty = t / 16, of block (bm, bc) computes the 4x4 outputs
+// The 64x64x8 GEMM tile of the input gradient, shared by implicit_gemm (the whole K) and
+// splitk (one slice of K per grid z): block (bm, bc) = (blockIdx.x, blockIdx.y) sums taps
+// k = (f, p, q) in [k_lo, k_hi) into its 64x64 tile of out, laid out like dx (N, C, H, W).
+// Thread t, tx = t % 16, ty = t / 16, computes the 4x4 outputs
 //   m = bm*64 + tx + 16*r (dx pixel m = (n, h, v)),  c = bc*64 + ty + 16*s.
-extern "C" __global__ void conv2d_backward_input_implicit_gemm(real* __restrict__ dx,
-                                                               const real* __restrict__ dy,
-                                                               const real* __restrict__ w,
-                                                               int N, int C, int OH, int OW,
-                                                               int F, int KH, int KW) {
-    __shared__ real As[GEMM_BK][GEMM_BM];
-    __shared__ real Bs[GEMM_BK][GEMM_BN + GEMM_PAD];
+// Taps at or past k_hi load zeros. Every thread of the block must call it (barriers).
+__device__ __forceinline__ void backward_input_gemm_tile(real* __restrict__ out,
+                                                         const real* __restrict__ dy,
+                                                         const real* __restrict__ w, int N,
+                                                         int C, int OH, int OW, int F, int KH,
+                                                         int KW, int k_lo, int k_hi,
+                                                         real As[GEMM_BK][GEMM_BM],
+                                                         real Bs[GEMM_BK][GEMM_BN + GEMM_PAD]) {
     const int H = OH + KH - 1, W = OW + KW - 1, HW = H * W, KK = KH * KW;
-    const int M = N * HW, K = F * KK;
+    const int M = N * HW;
     const int t = threadIdx.x, tx = t % 16, ty = t / 16;
     const int m0 = blockIdx.x * GEMM_BM, c0 = blockIdx.y * GEMM_BN;
 
@@ -125,11 +131,11 @@ extern "C" __global__ void conv2d_backward_input_implicit_gemm(real* __restrict_
     for (int r = 0; r < 4; ++r)
         for (int s = 0; s < 4; ++s) acc[r][s] = 0;
 
-    for (int k0 = 0; k0 < K; k0 += GEMM_BK) {
+    for (int k0 = k_lo; k0 < k_hi; k0 += GEMM_BK) {
         for (int r = 0; r < 2; ++r) {
             const int ka = k0 + a_k + 4 * r;
             real va = 0;
-            if (a_ok && ka < K) {
+            if (a_ok && ka < k_hi) {
                 const int f = ka / KK, pq = ka % KK;
                 const int i = a_h - pq / KW, j = a_v - pq % KW;   // the flipped tap
                 if (i >= 0 && i < OH && j >= 0 && j < OW)
@@ -138,7 +144,7 @@ extern "C" __global__ void conv2d_backward_input_implicit_gemm(real* __restrict_
             As[a_k + 4 * r][t % GEMM_BM] = va;
             const int cb = c0 + b_c + 32 * r, kb = k0 + b_k;
             real vb = 0;
-            if (cb < C && kb < K) vb = w[((size_t)(kb / KK) * C + cb) * KK + kb % KK];
+            if (cb < C && kb < k_hi) vb = w[((size_t)(kb / KK) * C + cb) * KK + kb % KK];
             Bs[b_k][b_c + 32 * r] = vb;
         }
         __syncthreads();
@@ -157,7 +163,37 @@ extern "C" __global__ void conv2d_backward_input_implicit_gemm(real* __restrict_
         const int n = m / HW, rr = m % HW;
         for (int s = 0; s < 4; ++s) {
             const int c = c0 + ty + 16 * s;
-            if (c < C) dx[((size_t)n * C + c) * HW + rr] = acc[r][s];
+            if (c < C) out[((size_t)n * C + c) * HW + rr] = acc[r][s];
         }
     }
+}
+
+// grid (ceil(N*H*W / 64), ceil(C / 64)), block (256): the whole K = F*KH*KW per block.
+extern "C" __global__ void conv2d_backward_input_implicit_gemm(real* __restrict__ dx,
+                                                               const real* __restrict__ dy,
+                                                               const real* __restrict__ w,
+                                                               int N, int C, int OH, int OW,
+                                                               int F, int KH, int KW) {
+    __shared__ real As[GEMM_BK][GEMM_BM];
+    __shared__ real Bs[GEMM_BK][GEMM_BN + GEMM_PAD];
+    backward_input_gemm_tile(dx, dy, w, N, C, OH, OW, F, KH, KW, 0, F * KH * KW, As, Bs);
+}
+
+// ---------------------------------------------------------------------------------- splitk
+// grid (ceil(N*H*W / 64), ceil(C / 64), S), block (256); S and chunk from
+// kernels/launch_spec.py (conv_split_k). Block (bm, bc, z) computes implicit_gemm's tile over
+// taps k in [z*chunk, (z+1)*chunk) into partial z of ws (S, N, C, H, W); splitk_sum.cu adds
+// the S partials in a fixed order into dx (deterministic). S == 1: ws is dx itself, no sum.
+// Why: at batch 16, mnist-conv2's input gradient (2,304 dx pixels, 100 channels) has 72 tiles.
+extern "C" __global__ void conv2d_backward_input_splitk(real* __restrict__ ws,
+                                                        const real* __restrict__ dy,
+                                                        const real* __restrict__ w, int N,
+                                                        int C, int OH, int OW, int F, int KH,
+                                                        int KW, int chunk) {
+    __shared__ real As[GEMM_BK][GEMM_BM];
+    __shared__ real Bs[GEMM_BK][GEMM_BN + GEMM_PAD];
+    const int z = blockIdx.z, K = F * KH * KW;
+    const size_t plane = (size_t)N * C * (OH + KH - 1) * (OW + KW - 1);   // one partial dx
+    backward_input_gemm_tile(ws + z * plane, dy, w, N, C, OH, OW, F, KH, KW, z * chunk,
+                             min(K, (z + 1) * chunk), As, Bs);
 }

@@ -29,12 +29,18 @@
 //                  256-thread block, a 4x4 register block per thread, the whole K walked by the
 //                  block in steps of 8 through shared memory (no split across blocks, so no
 //                  atomics): deterministic and the most arithmetic per byte loaded.
+//   splitk         implicit_gemm with R cut into S slices (grid z, S from launch_spec.py) so
+//                  that at least 132 blocks run; partial tiles to a workspace, then
+//                  splitk_sum.cu adds them in a fixed order: deterministic.
 // Bias-gradient versions:
 //   naive          one thread per f, serial sum over (n, i, j): deterministic.
 //   reduce         one 256-thread block per f, strided partial sums then a shared-memory tree:
 //                  deterministic, 256x more parallel.
 //   warp           reduce's partial sums, then shuffles inside each warp, one barrier, and one
 //                  warp adding the 8 warp sums: 1 barrier instead of 9, deterministic.
+//   split          reduce's block on each of S slices of the positions (grid (F, S), >= 132
+//                  blocks); the last block of each f to finish adds the S partials in a fixed
+//                  order: deterministic, one launch.
 //
 // Warp shuffles (the `warp` versions): __shfl_down_sync(mask, v, d, width) hands every lane the
 // register v of the lane d places above it in its segment of `width` lanes, in one instruction,
@@ -177,20 +183,23 @@ extern "C" __global__ void conv2d_backward_weight_warp(real* __restrict__ dw,
 }
 
 // -------------------------------------------------------------------------- implicit_gemm
-// grid (ceil(F / 64), ceil(C*KH*KW / 64)), block (256).
-// Thread t, tx = t % 16, ty = t / 16, of block (bf, bk) computes the 4x4 outputs
+// The 64x64x8 GEMM tile of the weight gradient, shared by implicit_gemm (all R positions)
+// and splitk (one slice of them per grid z): block (bf, bk) = (blockIdx.x, blockIdx.y) sums
+// positions r = (n, i, j) in [r_lo, r_hi) into its 64x64 tile of out, laid out like dw
+// (F, C*KH*KW). A[f, r] = dy[n,f,i,j], B[r, k] = x[n,c,i+p,j+q]. Thread t, tx = t % 16,
+// ty = t / 16, computes the 4x4 outputs
 //   f = bf*64 + ty + 16*s,  k = bk*64 + tx + 16*r  (k = (c, p, q): consecutive tx write
-//   consecutive dw addresses).
-// The block walks all R positions; A[f, r] = dy[n,f,i,j], B[r, k] = x[n,c,i+p,j+q].
-extern "C" __global__ void conv2d_backward_weight_implicit_gemm(real* __restrict__ dw,
-                                                                const real* __restrict__ x,
-                                                                const real* __restrict__ dy,
-                                                                int N, int C, int H, int W,
-                                                                int F, int OH, int OW) {
-    __shared__ real As[GEMM_BK][GEMM_BM + GEMM_PAD];   // [r][f]
-    __shared__ real Bs[GEMM_BK][GEMM_BN];              // [r][k]
+//   consecutive out addresses).
+// Positions at or past r_hi load zeros. Every thread of the block must call it (barriers).
+__device__ __forceinline__ void backward_weight_gemm_tile(real* __restrict__ out,
+                                                          const real* __restrict__ x,
+                                                          const real* __restrict__ dy, int N,
+                                                          int C, int H, int W, int F, int OH,
+                                                          int OW, int r_lo, int r_hi,
+                                                          real As[GEMM_BK][GEMM_BM + GEMM_PAD],
+                                                          real Bs[GEMM_BK][GEMM_BN]) {
     const int KH = H - OH + 1, KW = W - OW + 1, KK = KH * KW, OHW = OH * OW;
-    const int KC = C * KK, R = N * OHW;
+    const int KC = C * KK;
     const int t = threadIdx.x, tx = t % 16, ty = t / 16;
     const int f0 = blockIdx.x * GEMM_BM, k0c = blockIdx.y * GEMM_BN;
 
@@ -209,18 +218,18 @@ extern "C" __global__ void conv2d_backward_weight_implicit_gemm(real* __restrict
     for (int s = 0; s < 4; ++s)
         for (int r = 0; r < 4; ++r) acc[s][r] = 0;
 
-    for (int r0 = 0; r0 < R; r0 += GEMM_BK) {
+    for (int r0 = r_lo; r0 < r_hi; r0 += GEMM_BK) {
         for (int u = 0; u < 2; ++u) {
             const int ra = r0 + a_r, fa = f0 + a_f + 32 * u;
             real va = 0;
-            if (ra < R && fa < F) {
+            if (ra < r_hi && fa < F) {
                 const int n = ra / OHW, s = ra % OHW;
                 va = dy[((size_t)n * F + fa) * OHW + s];
             }
             As[a_r][a_f + 32 * u] = va;
             const int rb = r0 + b_r + 4 * u;
             real vb = 0;
-            if (rb < R && b_ok) {
+            if (rb < r_hi && b_ok) {
                 const int n = rb / OHW, s = rb % OHW;
                 vb = x[(size_t)n * C * H * W + (s / OW) * W + s % OW + b_koff];
             }
@@ -241,9 +250,45 @@ extern "C" __global__ void conv2d_backward_weight_implicit_gemm(real* __restrict
         if (f >= F) continue;
         for (int r = 0; r < 4; ++r) {
             const int k = k0c + tx + 16 * r;
-            if (k < KC) dw[(size_t)f * KC + k] = acc[s][r];
+            if (k < KC) out[(size_t)f * KC + k] = acc[s][r];
         }
     }
+}
+
+// grid (ceil(F / 64), ceil(C*KH*KW / 64)), block (256): the block walks all R positions.
+extern "C" __global__ void conv2d_backward_weight_implicit_gemm(real* __restrict__ dw,
+                                                                const real* __restrict__ x,
+                                                                const real* __restrict__ dy,
+                                                                int N, int C, int H, int W,
+                                                                int F, int OH, int OW) {
+    __shared__ real As[GEMM_BK][GEMM_BM + GEMM_PAD];   // [r][f]
+    __shared__ real Bs[GEMM_BK][GEMM_BN];              // [r][k]
+    backward_weight_gemm_tile(dw, x, dy, N, C, H, W, F, OH, OW, 0, N * OH * OW, As, Bs);
+}
+
+// ---------------------------------------------------------------------------------- splitk
+// grid (ceil(F / 64), ceil(C*KH*KW / 64), S), block (256); S and chunk from
+// kernels/launch_spec.py (conv_split_k over R = N*OH*OW in steps of 8).
+// Block (bf, bk, z) computes implicit_gemm's tile over positions r in [z*chunk, (z+1)*chunk)
+// and writes it to partial z of ws (S, F, C*KH*KW); splitk_sum.cu then adds the S partials
+// of every dw element in a fixed order: deterministic (no atomics), unlike `atomic`.
+// With S == 1 the launcher passes dw itself as ws and launches no sum.
+// Why: dw is small (mnist-conv1: 100 x 25, 2 tiles; the Fig. 1 CAE: 20 x 49, 1 tile) while
+// R is long (9,216 .. 99,000): implicit_gemm runs 1-120 blocks on a 132-SM GPU, each walking
+// all of R; here S slices of R give at least 132 blocks, each 1/S of the walk.
+// Cost: a workspace of S*F*C*KH*KW floats (S tiles per output tile, and S * tiles stays
+// below 2 * (132 + tiles): a few MB) and a second launch that reads it once.
+extern "C" __global__ void conv2d_backward_weight_splitk(real* __restrict__ ws,
+                                                         const real* __restrict__ x,
+                                                         const real* __restrict__ dy, int N,
+                                                         int C, int H, int W, int F, int OH,
+                                                         int OW, int chunk) {
+    __shared__ real As[GEMM_BK][GEMM_BM + GEMM_PAD];
+    __shared__ real Bs[GEMM_BK][GEMM_BN];
+    const int z = blockIdx.z, R = N * OH * OW;
+    const size_t plane = (size_t)F * C * (H - OH + 1) * (W - OW + 1);   // one partial dw
+    backward_weight_gemm_tile(ws + z * plane, x, dy, N, C, H, W, F, OH, OW, z * chunk,
+                              min(R, (z + 1) * chunk), As, Bs);
 }
 
 // ============================================================================ bias: naive
@@ -263,25 +308,39 @@ extern "C" __global__ void conv2d_backward_bias_naive(real* __restrict__ db,
 }
 
 // =========================================================================== bias: reduce
-// grid (F), block (256). Block f: thread t sums positions r = t, t+256, ... (consecutive
-// threads read consecutive addresses of one plane), then a fixed tree halves the 256 partial
-// sums 8 times; thread 0 writes db[f].
+// Shared by the bias versions reduce, warp and split:
+// bias_partial: thread t's share of the sum of dy[:, f] over positions r in [r0, r1):
+// r = r0 + t, r0 + t + 256, ... (consecutive threads read consecutive addresses of a plane).
+__device__ __forceinline__ real bias_partial(const real* __restrict__ dy, int f, int t, int r0,
+                                             int r1, int F, int OHW) {
+    real acc = 0;
+    for (int r = r0 + t; r < r1; r += BGRAD_THREADS) {
+        const int n = r / OHW, s = r % OHW;
+        acc += dy[((size_t)n * F + f) * OHW + s];
+    }
+    return acc;
+}
+
+// block_tree_sum: the sum of part[0..255], left in part[0] by a fixed tree that halves the
+// partial sums 8 times (128, 64, ..., 1 apart). Every thread of the 256-thread block calls it
+// after writing part[t]; it begins and ends with a barrier.
+__device__ __forceinline__ void block_tree_sum(real* part, int t) {
+    __syncthreads();
+    for (int stride = BGRAD_THREADS / 2; stride > 0; stride >>= 1) {
+        if (t < stride) part[t] += part[t + stride];
+        __syncthreads();   // every thread reaches it: the loop bound is uniform
+    }
+}
+
+// grid (F), block (256). Block f: thread t sums positions r = t, t+256, ..., then the fixed
+// tree of block_tree_sum; thread 0 writes db[f].
 extern "C" __global__ void conv2d_backward_bias_reduce(real* __restrict__ db,
                                                        const real* __restrict__ dy, int N,
                                                        int F, int OH, int OW) {
     __shared__ real part[BGRAD_THREADS];
     const int f = blockIdx.x, t = threadIdx.x, OHW = OH * OW;
-    real acc = 0;
-    for (int r = t; r < N * OHW; r += BGRAD_THREADS) {
-        const int n = r / OHW, s = r % OHW;
-        acc += dy[((size_t)n * F + f) * OHW + s];
-    }
-    part[t] = acc;
-    __syncthreads();
-    for (int stride = BGRAD_THREADS / 2; stride > 0; stride >>= 1) {
-        if (t < stride) part[t] += part[t + stride];
-        __syncthreads();
-    }
+    part[t] = bias_partial(dy, f, t, 0, N * OHW, F, OHW);
+    block_tree_sum(part, t);
     if (t == 0) db[f] = part[0];
 }
 
@@ -306,12 +365,7 @@ extern "C" __global__ void conv2d_backward_bias_warp(real* __restrict__ db,
                                                      int OH, int OW) {
     __shared__ real warp_sum[BGRAD_THREADS / 32];
     const int f = blockIdx.x, t = threadIdx.x, lane = t % 32, warp = t / 32, OHW = OH * OW;
-    real acc = 0;
-    for (int r = t; r < N * OHW; r += BGRAD_THREADS) {
-        const int n = r / OHW, s = r % OHW;
-        acc += dy[((size_t)n * F + f) * OHW + s];
-    }
-    acc = warp_sum_down(acc);
+    real acc = warp_sum_down(bias_partial(dy, f, t, 0, N * OHW, F, OHW));
     if (lane == 0) warp_sum[warp] = acc;
     __syncthreads();
     if (warp == 0) {                     // uniform over the warp: all 32 lanes shuffle below
@@ -320,4 +374,45 @@ extern "C" __global__ void conv2d_backward_bias_warp(real* __restrict__ db,
             acc += __shfl_down_sync(FULL_MASK, acc, off);
         if (lane == 0) db[f] = acc;
     }
+}
+
+// ============================================================================ bias: split
+// grid (F, S), block (256); ws (F, S) floats; count (F,) unsigned ints, zero before the
+// launch. S and chunk from kernels/launch_spec.py (conv_split_k over R = N*OH*OW in steps of
+// 256: at least 132 blocks in all).
+// Block (f, z) sums positions r in [z*chunk, (z+1)*chunk) as reduce does (thread t takes
+// r = z*chunk + t, + 256, ...; a fixed tree) and thread 0 stores the partial in ws[f, z].
+// Then the blocks of one f elect the last to finish: thread 0 makes its partial visible to
+// the whole GPU (__threadfence) and takes a ticket (atomicAdd on count[f]); the block that
+// draws ticket S-1 knows every partial of f is written, adds ws[f, 0..S-1] in a fixed order
+// (thread t takes s = t, t+256, ..., then the tree) and writes db[f]. The order of the
+// additions never depends on which block came last: deterministic, in ONE launch.
+// Why one launch and not partials + a second reduce kernel: a second launch would have one
+// block per f at most (the Fig. 1 CAE has F = 20), so it could not fill the GPU; the
+// summing is done by whichever blocks finish last instead (the "threadfence reduction" of
+// the CUDA samples). The last block reads the partials with atomicAdd(p, 0) -- an atomic is
+// done in L2, so it cannot see a stale copy of another SM's write in this SM's L1 cache.
+// Limits: S <= 65535 (gridDim.y); the count must be zero at the launch (it is not reset).
+extern "C" __global__ void conv2d_backward_bias_split(real* __restrict__ db,
+                                                      const real* __restrict__ dy,
+                                                      real* __restrict__ ws,
+                                                      unsigned* __restrict__ count, int N,
+                                                      int F, int OH, int OW, int chunk) {
+    __shared__ real part[BGRAD_THREADS];
+    __shared__ int is_last;
+    const int f = blockIdx.x, z = blockIdx.y, S = gridDim.y, t = threadIdx.x, OHW = OH * OW;
+    part[t] = bias_partial(dy, f, t, z * chunk, min(N * OHW, (z + 1) * chunk), F, OHW);
+    block_tree_sum(part, t);
+    if (t == 0) {
+        ws[(size_t)f * S + z] = part[0];
+        __threadfence();                        // the partial is visible before the ticket
+        is_last = atomicAdd(&count[f], 1u) == (unsigned)(S - 1);
+    }
+    __syncthreads();
+    if (!is_last) return;                       // uniform over the block
+    real acc = 0;
+    for (int s = t; s < S; s += BGRAD_THREADS) acc += atomicAdd(&ws[(size_t)f * S + s], (real)0);
+    part[t] = acc;
+    block_tree_sum(part, t);
+    if (t == 0) db[f] = part[0];
 }

@@ -21,6 +21,10 @@
 //                  each thread accumulating a 4x4 register block: every value loaded from
 //                  shared memory feeds 4 multiply-adds and every x value loaded from global
 //                  memory feeds 64 filters, so the kernel is compute-bound, not load-bound.
+//   splitk         implicit_gemm with K cut into S slices, one per grid z, when the output
+//                  tiles alone would leave SMs idle (small batches); partial results go to a
+//                  workspace and splitk_sum.cu adds them in a fixed order: deterministic.
+//                  With S = 1 (the tiles fill the GPU) it is implicit_gemm: same tiles, same bits.
 //
 // Thread -> output maps are stated above each kernel. No warp shuffles: every kernel also runs
 // in the CPU emulator (kernels/emulator), where the tests check it against NumPy.
@@ -93,20 +97,24 @@ extern "C" __global__ void conv2d_forward_tiled(real* __restrict__ y, const real
 }
 
 // -------------------------------------------------------------------------- implicit_gemm
-// grid (ceil(N*OH*OW / 64), ceil(F / 64)), block (256).
-// Thread t, with tx = t % 16, ty = t / 16, of block (bm, bf) computes the 4x4 outputs
+// The 64x64x8 GEMM tile of the forward pass, shared by implicit_gemm (the whole K) and
+// splitk (one slice of K per grid z): the block (bm, bf) = (blockIdx.x, blockIdx.y) sums
+// taps k in [k_lo, k_hi) into its 64x64 tile of out, laid out like y (N, F, OH, OW); the
+// bias is added when add_bias. Thread t, with tx = t % 16, ty = t / 16, computes the 4x4
+// outputs
 //   m = bm*64 + tx + 16*r (r = 0..3, output pixel m = (n, i, j)),
 //   f = bf*64 + ty + 16*s (s = 0..3),
 // strided by 16 so that a warp's loads from shared memory are conflict-free and its stores to
-// y (consecutive m = consecutive j) are coalesced.
-extern "C" __global__ void conv2d_forward_implicit_gemm(real* __restrict__ y,
-                                                        const real* __restrict__ x,
-                                                        const real* __restrict__ w,
-                                                        const real* __restrict__ b, int N,
-                                                        int C, int H, int W, int F, int KH,
-                                                        int KW) {
-    __shared__ real As[GEMM_BK][GEMM_BM];              // A tile: [k][m]
-    __shared__ real Bs[GEMM_BK][GEMM_BN + GEMM_PAD];   // B tile: [k][f]
+// out (consecutive m = consecutive j) are coalesced. Taps at or past k_hi load zeros, so any
+// k_lo < k_hi is correct. Every thread of the block must call it (it has barriers).
+__device__ __forceinline__ void forward_gemm_tile(real* __restrict__ out,
+                                                  const real* __restrict__ x,
+                                                  const real* __restrict__ w,
+                                                  const real* __restrict__ b, int N, int C,
+                                                  int H, int W, int F, int KH, int KW,
+                                                  int k_lo, int k_hi, bool add_bias,
+                                                  real As[GEMM_BK][GEMM_BM],
+                                                  real Bs[GEMM_BK][GEMM_BN + GEMM_PAD]) {
     const int OH = H - KH + 1, OW = W - KW + 1, OHW = OH * OW, KK = KH * KW;
     const int M = N * OHW, K = C * KK;
     const int t = threadIdx.x, tx = t % 16, ty = t / 16;
@@ -128,17 +136,17 @@ extern "C" __global__ void conv2d_forward_implicit_gemm(real* __restrict__ y,
     for (int r = 0; r < 4; ++r)
         for (int s = 0; s < 4; ++s) acc[r][s] = 0;
 
-    for (int k0 = 0; k0 < K; k0 += GEMM_BK) {
+    for (int k0 = k_lo; k0 < k_hi; k0 += GEMM_BK) {
         for (int r = 0; r < 2; ++r) {
             const int ka = k0 + a_k + 4 * r;
             real va = 0;
-            if (a_ok && ka < K) {
+            if (a_ok && ka < k_hi) {
                 const int c = ka / KK, pq = ka % KK;
                 va = x[a_base + c * H * W + (pq / KW) * W + pq % KW];
             }
             As[a_k + 4 * r][t % GEMM_BM] = va;
             const int fb = f0 + b_f + 32 * r, kb = k0 + b_k;
-            Bs[b_k][b_f + 32 * r] = (fb < F && kb < K) ? w[(size_t)fb * K + kb] : (real)0;
+            Bs[b_k][b_f + 32 * r] = (fb < F && kb < k_hi) ? w[(size_t)fb * K + kb] : (real)0;
         }
         __syncthreads();
         for (int kk = 0; kk < GEMM_BK; ++kk) {
@@ -156,7 +164,43 @@ extern "C" __global__ void conv2d_forward_implicit_gemm(real* __restrict__ y,
         const int n = m / OHW, rr = m % OHW;
         for (int s = 0; s < 4; ++s) {
             const int f = f0 + ty + 16 * s;
-            if (f < F) y[((size_t)n * F + f) * OHW + rr] = acc[r][s] + b[f];
+            if (f < F)
+                out[((size_t)n * F + f) * OHW + rr] = acc[r][s] + (add_bias ? b[f] : (real)0);
         }
     }
+}
+
+// grid (ceil(N*OH*OW / 64), ceil(F / 64)), block (256): the whole K = C*KH*KW per block.
+extern "C" __global__ void conv2d_forward_implicit_gemm(real* __restrict__ y,
+                                                        const real* __restrict__ x,
+                                                        const real* __restrict__ w,
+                                                        const real* __restrict__ b, int N,
+                                                        int C, int H, int W, int F, int KH,
+                                                        int KW) {
+    __shared__ real As[GEMM_BK][GEMM_BM];              // A tile: [k][m]
+    __shared__ real Bs[GEMM_BK][GEMM_BN + GEMM_PAD];   // B tile: [k][f]
+    forward_gemm_tile(y, x, w, b, N, C, H, W, F, KH, KW, 0, C * KH * KW, true, As, Bs);
+}
+
+// ---------------------------------------------------------------------------------- splitk
+// grid (ceil(N*OH*OW / 64), ceil(F / 64), S), block (256); S and chunk from
+// kernels/launch_spec.py (conv_split_k: enough z slices for one block per SM).
+// Block (bm, bf, z) computes implicit_gemm's tile over taps k in [z*chunk, (z+1)*chunk) and
+// writes it to partial z of ws (S, N, F, OH, OW); the bias goes into partial 0 only. Then
+// splitk_sum (kernels/conv2d/splitk_sum.cu) adds the S partials in a fixed order into y:
+// deterministic. With S == 1 the launcher passes y itself as ws and launches no sum.
+// Why: at batch 16 a layer like mnist-conv2 (M = 1024 pixels, 150 filters) has only 48
+// output tiles, so 84 of 132 SMs would idle; 3 slices of K give 144 blocks.
+extern "C" __global__ void conv2d_forward_splitk(real* __restrict__ ws,
+                                                 const real* __restrict__ x,
+                                                 const real* __restrict__ w,
+                                                 const real* __restrict__ b, int N, int C,
+                                                 int H, int W, int F, int KH, int KW,
+                                                 int chunk) {
+    __shared__ real As[GEMM_BK][GEMM_BM];
+    __shared__ real Bs[GEMM_BK][GEMM_BN + GEMM_PAD];
+    const int z = blockIdx.z, K = C * KH * KW;
+    const size_t plane = (size_t)N * F * (H - KH + 1) * (W - KW + 1);   // one partial y
+    forward_gemm_tile(ws + z * plane, x, w, b, N, C, H, W, F, KH, KW, z * chunk,
+                      min(K, (z + 1) * chunk), z == 0, As, Bs);
 }
