@@ -118,8 +118,9 @@ RUN_EMU=(--maps 4,5,6 --kernels 5,5,3 --hidden 8 --cae-maps 3 --cae-kernel 5 --s
          --val-images 20 --test-images 50 --cae-images 24 --fig-images 24 --epochs 1
          --cae-epochs 1 --fig-epochs 1 --batch-size 10 --cae-batch-size 12
          --eval-batch-size 50 --embed-images 0)
-RUN_SIM=(-e cnn --init random --maps 2 --kernels 5 --hidden 0 --sizes 5 --val-images 1
-         --diag-images 1 --test-images 2 --epochs 1 --batch-size 5 --eval-batch-size 2
+# (numba's simulator runs a Python thread per CUDA thread: one step of batch 2, ~1 minute)
+RUN_SIM=(-e cnn --init random --maps 2 --kernels 5 --hidden 0 --sizes 2 --val-images 1
+         --diag-images 1 --test-images 1 --epochs 1 --batch-size 2 --eval-batch-size 1
          --embed-images 0)
 
 if [ $REHEARSE = 0 ]; then
