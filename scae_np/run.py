@@ -706,12 +706,14 @@ class Run:
         for size in self.cfg["sizes"]:
             row = {"size": size}
             for init in ("random", "cae"):
-                errs = [r["test_error"] for r in self.results["cnn"].values()
-                        if r["size"] == size and r["init"] == init and "test_error" in r]
+                runs = sorted((r["seed"], r["test_error"]) for r in self.results["cnn"].values()
+                              if r["size"] == size and r["init"] == init and "test_error" in r)
+                errs = [e for _, e in runs]
                 if errs:
                     row[init] = {"mean": float(np.mean(errs)),
                                  "std": float(np.std(errs, ddof=1)) if len(errs) > 1 else 0.0,
-                                 "n": len(errs), "errors": errs}
+                                 "n": len(errs), "errors": errs,
+                                 "seeds": [s for s, _ in runs]}
                 row[f"paper_{init}"] = paper.get(size, {}).get(init)
             if "random" in row or "cae" in row:
                 rows.append(row)

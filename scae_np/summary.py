@@ -74,19 +74,21 @@ def verdict_lines(cfg, rows):
                        f"measures it), so this run shows that the pipeline works, not which "
                        f"init is better. Add `--seeds 0,1,2` for a mean and spread.")
             continue
-        n = min(rnd["n"], cae["n"])
-        d = np.asarray(rnd["errors"][:n]) - np.asarray(cae["errors"][:n])   # paired by seed
-        wins = int((d > 0).sum())
-        se = float(np.std(d, ddof=1) / np.sqrt(n)) if n > 1 else 0.0
-        clear = se > 0 and abs(float(d.mean())) > 2 * se
-        out.append(f"**What this run shows** ({r['size']} training images, {n} seeds): CAE "
-                   f"init beat random init on {wins} of {n} seeds; on average it is "
+        from .combine import paired_difference
+        pd = paired_difference(*[list(zip(c.get("seeds", range(c["n"])), c["errors"],
+                                          [None] * c["n"])) for c in (cae, rnd)])
+        if pd is None:
+            continue
+        n, lo, hi = pd["n"], pd["ci95"][0], pd["ci95"][1]
+        clear = lo > 0 or hi < 0
+        out.append(f"**What this run shows** ({r['size']} training images, {n} paired seeds): "
+                   f"CAE init beat random init on {pd['wins']} of {n} seeds; on average it is "
                    f"{abs(gap):.2f} points {word} ({cae['mean']:.2f}% vs {rnd['mean']:.2f}%). "
-                   f"The mean paired difference, {float(d.mean()):+.2f} points, is "
-                   + (f"more than two standard errors ({2 * se:.2f}) from zero: more than "
-                      f"seed-to-seed noise." if clear else
-                      f"within two standard errors ({2 * se:.2f}) of zero: not yet "
-                      f"distinguishable from seed-to-seed noise."))
+                   f"The mean paired difference CAE − random is {pd['mean']:+.2f} points, "
+                   f"95% t-interval [{lo:+.2f}, {hi:+.2f}]: "
+                   + ("it excludes zero, so the difference is more than seed-to-seed noise."
+                      if clear else "it holds zero, so the inits are not yet distinguishable "
+                                    "from seed-to-seed noise."))
     if out:
         quick = cfg.get("experiment") == "default"
         if quick and any(r.get("cae") and r.get("random") and r["cae"]["mean"] > r["random"]["mean"]
