@@ -26,7 +26,10 @@ conv2d_backward_bias    split          S blocks per db[f]; the last to finish ad
 (helper)                splitk_sum     out[e] = sum_s ws[s, e] in a fixed order: the 2nd pass
 
 The ``*_gemm_tile`` device functions hold the 64x64x8 tile loop of each GEMM over a K range:
-``implicit_gemm`` calls them with the whole K, ``splitk`` with its slice.
+``implicit_gemm`` calls them with the whole K, ``splitk`` with its slice. What the three
+share -- zeroing the 4x4 register block and multiplying it by one 8-deep slice of the shared
+tiles -- is written once, :func:`gemm_acc_zero` and :func:`gemm_micro_step` (CUDA C: the
+same names in ``gemm_tile.cuh``).
 
 Every kernel computes in float32 (``acc = float32(0)``: a bare ``0.0`` would make numba
 accumulate in float64). Arguments arrive C-contiguous and already checked against the
