@@ -378,6 +378,10 @@ def validate_config(cfg):
             "--backend numba")
     if len(set(cfg["seeds"])) != len(cfg["seeds"]):
         bad(f"--seeds has duplicates: {cfg['seeds']}")
+    if cfg["val_images"] == 0 and cfg["experiment"] in ("default", "table", "cnn"):
+        bad("--val-images 0 leaves the CNNs without validation images, which they need for "
+            "early stopping, the diagnostics of their starting weights and --cae-rescale "
+            "activation; give --val-images N (N >= 1; the presets use 1000 / 5000)")
 
 
 # ------------------------------------------------------------------------------ backend

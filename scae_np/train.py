@@ -148,7 +148,10 @@ class SGD:
         if self.schedule == "decay":
             return self.lr * self.lr_decay ** epoch
         h = int(self.horizon or self.epochs)
-        t = min(epoch, h - 1) / (h - 1) if h > 1 else 1.0
+        if h > 1:
+            t = min(epoch, h - 1) / (h - 1)
+        else:                 # a one-epoch horizon: that epoch at lr, any later at the end
+            t = 0.0 if epoch == 0 else 1.0
         if self.schedule == "exp":
             return self.lr * float(self.lr_final) ** t
         return self.lr * (self.lr_final + (1.0 - self.lr_final) * 0.5 * (1.0 + math.cos(math.pi * t)))

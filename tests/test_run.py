@@ -255,6 +255,7 @@ def test_bad_command_lines_exit_2_with_a_message(capsys, tmp_path):
     (["--lr-decay", "0"], "--lr-decay must be in (0, 1]"),
     (["--seeds", "1,1"], "duplicates"),
     (["--backend", "numpy", "--emulate"], "--emulate runs a GPU backend"),
+    (["--val-images", "0"], "--val-images 0 leaves the CNNs without validation images"),
 ])
 def test_bad_settings_exit_2_with_a_message(tiny, tmp_path, capsys, extra, match):
     argv = ["mnist", "--data-dir", tiny, "--out", tmp_path / "o", *TINY, *extra]

@@ -131,6 +131,8 @@ def test_annealed_schedules_end_at_lr_final_and_fall_monotonically(schedule):
         assert lrs[5] == pytest.approx(0.1 * 0.01 ** 0.5)
     else:
         assert lrs[5] == pytest.approx(0.1 * (0.01 + 0.99 * 0.5))
+    one = SGD(lr=0.1, epochs=1, schedule=schedule, lr_final=0.01).planned()
+    assert [one.lr_at(e) for e in range(3)] == pytest.approx([0.1, 0.001, 0.001])
     assert SGD(lr=0.1, epochs=3, lr_decay=0.5).lr_at(2) == pytest.approx(0.025)
     with pytest.raises(ValueError, match="schedule"):
         SGD(lr=0.1, schedule="linear")
