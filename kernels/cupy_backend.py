@@ -21,6 +21,7 @@ import os
 import numpy as np
 
 from .backend import Backend, BackendUnavailableError
+from .cuda_source import read_cu
 from .launch_spec import (BGRAD_THREADS, CONV_TILE, GEMM_BM, GEMM_BN, GEMM_THREADS,
                           GRID_YZ_MAX, INT32_MAX, THREADS, WGRAD_CHUNK, WGRAD_RED_BLOCK,
                           gather_window_bracket, kernel_name, one_thread_per,
@@ -46,6 +47,18 @@ SOURCES = {
 #: kernels that are no op's version but a second pass of one (name -> source file): the sum of
 #: the split-K partials (kernels/launch_spec.py: conv_split_k)
 HELPER_SOURCES = {"splitk_sum": "conv2d/splitk_sum.cu"}
+
+#: what cupy.RawModule (NVRTC) gets besides the code (tests/test_cuda_compile.py uses the same)
+NVRTC_OPTIONS = ("-std=c++17",)
+
+
+def nvrtc_source(path):
+    """The code given to ``cupy.RawModule`` for the .cu file ``path``: its text with the local
+    headers it includes (``conv2d/gemm_tile.cuh``) inlined by ``kernels/cuda_source.py``
+    rather than found through an ``--include-path`` option, because CuPy's kernel cache keys
+    a build by the code and the options only: an edited header would not be recompiled."""
+    return read_cu(path)
+
 
 #: versions per op, ladder order (naive first); the kernel is ``<op>_<version>``
 #: (``launch_spec.kernel_name``)
@@ -207,9 +220,8 @@ class CupyBackend(Backend):
             if self.emulated:
                 self._modules[path] = self._emu.EmuModule(path=path, asan=self._asan)
             else:
-                with open(path) as f:
-                    code = f.read()
-                self._modules[path] = self._cupy.RawModule(code=code, options=("-std=c++17",))
+                self._modules[path] = self._cupy.RawModule(code=nvrtc_source(path),
+                                                           options=NVRTC_OPTIONS)
         return self._modules[path]
 
     def _launch(self, op, kernel, grid, block, args, shared_mem=0, race_tolerance=None):

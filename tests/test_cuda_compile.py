@@ -89,7 +89,7 @@ def _nvrtc():
 
 def _compile_nvrtc(src, name, arch):
     kind, nvrtc = _nvrtc()
-    opts = ["-std=c++17", f"-arch={arch}"]
+    opts = [*cupy_backend.NVRTC_OPTIONS, f"-arch={arch}"]
     if kind == "cupy":
         prog = nvrtc.createProgram(src, name, [], [])
         try:
@@ -120,9 +120,9 @@ def _compile_nvrtc(src, name, arch):
 
 @pytest.mark.parametrize("path", CU_FILES, ids=os.path.basename)
 def test_nvrtc_compiles_like_cupy(path):
-    """The options CupyBackend gives cupy.RawModule (-std=c++17), for each arch: cubin, and
-    PTX with one .entry per kernel."""
-    src = open(path).read()
+    """The code and options CupyBackend gives cupy.RawModule (the local headers inlined,
+    -std=c++17), for each arch: cubin, and PTX with one .entry per kernel."""
+    src = cupy_backend.nvrtc_source(path)
     for a in ARCHS:
         _, cubin = _compile_nvrtc(src, os.path.basename(path), f"sm_{a}")
         assert cubin and len(cubin) > 1000

@@ -273,6 +273,72 @@ def test_compile_errors_point_into_the_cu_file(tmp_path):
         EmuModule(path=str(cu))
 
 
+# ------------------------------------------------------------ local headers (#include "x")
+HEADER_USER = ('#include "step.cuh"\n'
+               'extern "C" __global__ void k(float* y) {\n'
+               '    y[threadIdx.x] = step(threadIdx.x);\n'
+               '}\n')
+
+
+def test_local_header_is_found_next_to_the_cu_file_and_rebuilt_when_edited(tmp_path):
+    """``#include "step.cuh"`` resolves next to the .cu file (like nvcc) although g++ compiles
+    a copy in the cache directory, and an edited header is a new build: the header's text is
+    part of what the build cache hashes (kernels/cuda_source.py inlines it)."""
+    (tmp_path / "step.cuh").write_text("__device__ float step(int t) { return t + 1.0f; }\n")
+    cu = tmp_path / "user.cu"
+    cu.write_text(HEADER_USER)
+    y = np.zeros(4, f32)
+    EmuModule(path=str(cu)).get_function("k")((1,), (4,), (y,))
+    assert y.tolist() == [1, 2, 3, 4]
+    (tmp_path / "step.cuh").write_text("__device__ float step(int t) { return t * 10.0f; }\n")
+    EmuModule(path=str(cu)).get_function("k")((1,), (4,), (y,))
+    assert y.tolist() == [0, 10, 20, 30]
+    # code= strings have no directory: the header is found through include_dirs
+    EmuModule(code=HEADER_USER, include_dirs=[str(tmp_path)]).get_function("k")((1,), (4,), (y,))
+    assert y.tolist() == [0, 10, 20, 30]
+    with pytest.raises(EmulatorCompileError, match=r"step\.cuh"):
+        EmuModule(code=HEADER_USER)
+
+
+def test_errors_in_a_local_header_name_the_header_and_its_line(tmp_path):
+    (tmp_path / "step.cuh").write_text("// a comment\n__device__ float step(int t) {\n"
+                                       "    return undeclared_name;\n}\n")
+    cu = tmp_path / "user.cu"
+    cu.write_text(HEADER_USER + "extern \"C\" __global__ void k2(float* y) { y[0] = nope; }\n")
+    with pytest.raises(EmulatorCompileError) as e:
+        EmuModule(path=str(cu))
+    assert re.search(r"step\.cuh:3:.*undeclared_name", str(e.value))
+    assert re.search(r"user\.cu:5:.*nope", str(e.value))     # the .cu keeps its line numbers
+    (tmp_path / "step.cuh").write_text("\n__shared__ float s[4];\n")
+    with pytest.raises(EmulatorCompileError, match=r"step\.cuh:2: a __shared__ variable outside"):
+        EmuModule(path=str(cu))
+
+
+def test_a_barrier_in_a_local_header_gives_its_kernels_fibers(tmp_path):
+    """The barrier search follows calls into the header: a kernel whose only barrier is in a
+    header function runs on fibers (the plain-loop fast path cannot wait at a barrier)."""
+    (tmp_path / "step.cuh").write_text(
+        "__device__ float step(int t) {\n"
+        "    __shared__ float s[4];\n"
+        "    s[t] = t; __syncthreads(); return s[3 - t];\n}\n")
+    cu = tmp_path / "user.cu"
+    cu.write_text(HEADER_USER)
+    m = EmuModule(path=str(cu))
+    assert m._kernels["k"].fibers
+    y = np.zeros(4, f32)
+    m.get_function("k")((1,), (4,), (y,))
+    assert y.tolist() == [3, 2, 1, 0]
+
+
+def test_an_include_cycle_is_refused_naming_the_files(tmp_path):
+    (tmp_path / "a.cuh").write_text('#include "b.cuh"\n')
+    (tmp_path / "b.cuh").write_text('#include "a.cuh"\n')
+    cu = tmp_path / "user.cu"
+    cu.write_text('#include "a.cuh"\nextern "C" __global__ void k(float* y) { y[0] = 1; }\n')
+    with pytest.raises(ValueError, match=r"#include cycle.*a\.cuh -> .*b\.cuh -> .*a\.cuh"):
+        EmuModule(path=str(cu))
+
+
 STACK_HOG = r"""
 import numpy as np
 from kernels.emulator import EmuModule

@@ -31,6 +31,8 @@ typedef float real;
 #define GEMM_BK 8
 #define GEMM_PAD 4
 
+#include "gemm_tile.cuh"   // implicit_gemm, splitk: gemm_acc_zero, gemm_micro_step
+
 // ---------------------------------------------------------------------------------- naive
 // grid (ceil(N*C*H*W / 256)), block (256). Thread idx -> dx.flat[idx].
 extern "C" __global__ void conv2d_backward_input_naive(real* __restrict__ dx,
@@ -127,9 +129,8 @@ __device__ __forceinline__ void backward_input_gemm_tile(real* __restrict__ out,
     // B loader: Bs[t%8][t/8 + 32r] = w[f, c, p, q] with k = (f, p, q).
     const int b_k = t % GEMM_BK, b_c = t / GEMM_BK;
 
-    real acc[4][4];
-    for (int r = 0; r < 4; ++r)
-        for (int s = 0; s < 4; ++s) acc[r][s] = 0;
+    real acc[4][4];   // [r: m][s: c]
+    gemm_acc_zero(acc);
 
     for (int k0 = k_lo; k0 < k_hi; k0 += GEMM_BK) {
         for (int r = 0; r < 2; ++r) {
@@ -148,13 +149,7 @@ __device__ __forceinline__ void backward_input_gemm_tile(real* __restrict__ out,
             Bs[b_k][b_c + 32 * r] = vb;
         }
         __syncthreads();
-        for (int kk = 0; kk < GEMM_BK; ++kk) {
-            real a[4], bv[4];
-            for (int r = 0; r < 4; ++r) a[r] = As[kk][tx + 16 * r];
-            for (int s = 0; s < 4; ++s) bv[s] = Bs[kk][ty + 16 * s];
-            for (int r = 0; r < 4; ++r)
-                for (int s = 0; s < 4; ++s) acc[r][s] += a[r] * bv[s];
-        }
+        gemm_micro_step(acc, As, Bs, tx, ty);   // acc[r][s] += As[.][m] * Bs[.][c]
         __syncthreads();
     }
     for (int r = 0; r < 4; ++r) {

@@ -59,6 +59,8 @@ typedef float real;
 #define GEMM_BK 8
 #define GEMM_PAD 4
 
+#include "gemm_tile.cuh"   // implicit_gemm, splitk: gemm_acc_zero, gemm_micro_step
+
 // dy[n,f,i,j] * x[n,c,i+p,j+q] for reduction position r = (n, i, j) -- shared by the
 // naive, atomic, reduce and warp versions.
 __device__ __forceinline__ real wgrad_term(const real* __restrict__ x,
@@ -215,8 +217,7 @@ __device__ __forceinline__ void backward_weight_gemm_tile(real* __restrict__ out
     }
 
     real acc[4][4];   // [s: f][r: k]
-    for (int s = 0; s < 4; ++s)
-        for (int r = 0; r < 4; ++r) acc[s][r] = 0;
+    gemm_acc_zero(acc);
 
     for (int r0 = r_lo; r0 < r_hi; r0 += GEMM_BK) {
         for (int u = 0; u < 2; ++u) {
@@ -236,13 +237,7 @@ __device__ __forceinline__ void backward_weight_gemm_tile(real* __restrict__ out
             Bs[b_r + 4 * u][t % GEMM_BN] = vb;
         }
         __syncthreads();
-        for (int kk = 0; kk < GEMM_BK; ++kk) {
-            real a[4], bv[4];
-            for (int s = 0; s < 4; ++s) a[s] = As[kk][ty + 16 * s];
-            for (int r = 0; r < 4; ++r) bv[r] = Bs[kk][tx + 16 * r];
-            for (int s = 0; s < 4; ++s)
-                for (int r = 0; r < 4; ++r) acc[s][r] += a[s] * bv[r];
-        }
+        gemm_micro_step(acc, As, Bs, ty, tx);   // acc[s][r] += As[.][f] * Bs[.][k]
         __syncthreads();
     }
     for (int s = 0; s < 4; ++s) {

@@ -37,6 +37,8 @@ typedef float real;
 #define GEMM_BK 8      // implicit_gemm: K step held in shared memory
 #define GEMM_PAD 4     // row padding of the B tile: its stores hit 32 different banks
 
+#include "gemm_tile.cuh"   // implicit_gemm, splitk: gemm_acc_zero, gemm_micro_step
+
 // ---------------------------------------------------------------------------------- naive
 // grid (ceil(N*F*OH*OW / 256)), block (256). Thread idx -> y.flat[idx].
 extern "C" __global__ void conv2d_forward_naive(real* __restrict__ y, const real* __restrict__ x,
@@ -107,6 +109,8 @@ extern "C" __global__ void conv2d_forward_tiled(real* __restrict__ y, const real
 // strided by 16 so that a warp's loads from shared memory are conflict-free and its stores to
 // out (consecutive m = consecutive j) are coalesced. Taps at or past k_hi load zeros, so any
 // k_lo < k_hi is correct. Every thread of the block must call it (it has barriers).
+// Reading order (gemm_tile.cuh's plan): loaders, gemm_acc_zero, then per K step the tile
+// loads, a barrier, gemm_micro_step, a barrier; last the epilogue (+ bias) into out.
 __device__ __forceinline__ void forward_gemm_tile(real* __restrict__ out,
                                                   const real* __restrict__ x,
                                                   const real* __restrict__ w,
@@ -132,9 +136,8 @@ __device__ __forceinline__ void forward_gemm_tile(real* __restrict__ out,
     // consecutive k of one filter row.
     const int b_k = t % GEMM_BK, b_f = t / GEMM_BK;
 
-    real acc[4][4];
-    for (int r = 0; r < 4; ++r)
-        for (int s = 0; s < 4; ++s) acc[r][s] = 0;
+    real acc[4][4];   // [r: m][s: f]
+    gemm_acc_zero(acc);
 
     for (int k0 = k_lo; k0 < k_hi; k0 += GEMM_BK) {
         for (int r = 0; r < 2; ++r) {
@@ -149,13 +152,7 @@ __device__ __forceinline__ void forward_gemm_tile(real* __restrict__ out,
             Bs[b_k][b_f + 32 * r] = (fb < F && kb < k_hi) ? w[(size_t)fb * K + kb] : (real)0;
         }
         __syncthreads();
-        for (int kk = 0; kk < GEMM_BK; ++kk) {
-            real a[4], bv[4];
-            for (int r = 0; r < 4; ++r) a[r] = As[kk][tx + 16 * r];
-            for (int s = 0; s < 4; ++s) bv[s] = Bs[kk][ty + 16 * s];
-            for (int r = 0; r < 4; ++r)
-                for (int s = 0; s < 4; ++s) acc[r][s] += a[r] * bv[s];
-        }
+        gemm_micro_step(acc, As, Bs, tx, ty);   // acc[r][s] += As[.][m] * Bs[.][f]
         __syncthreads();
     }
     for (int r = 0; r < 4; ++r) {

@@ -26,7 +26,10 @@ conv2d_backward_bias    split          S blocks per db[f]; the last to finish ad
 (helper)                splitk_sum     out[e] = sum_s ws[s, e] in a fixed order: the 2nd pass
 
 The ``*_gemm_tile`` device functions hold the 64x64x8 tile loop of each GEMM over a K range:
-``implicit_gemm`` calls them with the whole K, ``splitk`` with its slice.
+``implicit_gemm`` calls them with the whole K, ``splitk`` with its slice. What the three
+share -- zeroing the 4x4 register block and multiplying it by one 8-deep slice of the shared
+tiles -- is written once, :func:`gemm_acc_zero` and :func:`gemm_micro_step` (CUDA C: the
+same names in ``gemm_tile.cuh``).
 
 Every kernel computes in float32 (``acc = float32(0)``: a bare ``0.0`` would make numba
 accumulate in float64). Arguments arrive C-contiguous and already checked against the
@@ -149,6 +152,45 @@ def umod(a, b):
     return int32(uint32(a) % uint32(b))
 
 
+# ------------------------------------------------------ the GEMM tiles' shared pieces
+# The three *_gemm_tile functions below (forward, backward input, backward weight) read top
+# to bottom: loaders (op-specific gathers), gemm_acc_zero, then per K step of GEMM_BK the
+# tile loads, a barrier, gemm_micro_step, a barrier; last the epilogue (op-specific stores).
+# CUDA C: kernels/conv2d/gemm_tile.cuh, the same two functions.
+@cuda.jit(device=True)
+def gemm_acc_zero(acc):
+    """``acc[i, j] = 0`` for the thread's 4x4 register block."""
+    for i in range(4):
+        for j in range(4):
+            acc[i, j] = float32(0)
+
+
+@cuda.jit(device=True)
+def gemm_micro_step(acc, As, Bs, ta, tb):
+    """The 4x4 register block times one GEMM_BK slice of the shared tiles::
+
+        acc[i, j] += sum_{kk < GEMM_BK} As[kk, ta + 16 i] * Bs[kk, tb + 16 j]   (i, j = 0..3)
+
+    kk in increasing order: each acc[i, j] adds its products one kk after the other. Per kk
+    the thread copies 4 values of A and 4 of B into registers (``a``, ``bv``: local arrays,
+    CUDA C ``real a[4], bv[4]``) and does 16 multiply-adds, so each value read from shared
+    memory feeds 4 of them. Thread t passes t % 16 and t // 16 as ta, tb (in the order its
+    output layout wants): a warp reads 16 consecutive words of one tile row and 2 of the
+    other, each by several threads at once (broadcasts): no bank conflicts. Call it between
+    the two barriers of a K step.
+    """
+    a = cuda.local.array(4, float32)
+    bv = cuda.local.array(4, float32)
+    for kk in range(GEMM_BK):
+        for i in range(4):
+            a[i] = As[kk, ta + 16 * i]
+        for j in range(4):
+            bv[j] = Bs[kk, tb + 16 * j]
+        for j in range(4):
+            for i in range(4):
+                acc[i, j] += a[i] * bv[j]
+
+
 # ============================================================================ forward
 @cuda.jit
 def conv2d_forward_naive(y, x, w, b):
@@ -246,7 +288,7 @@ def launch_conv2d_forward_tiled(rt, x, w, b):
 
 
 @cuda.jit(device=True)
-def forward_gemm_tile(out, x, w2, b, k_lo, k_hi, add_bias, As, Bs, acc, a, bv):
+def forward_gemm_tile(out, x, w2, b, k_lo, k_hi, add_bias, As, Bs, acc):
     """The 64x64x8 GEMM tile of the forward pass, shared by implicit_gemm (the whole K) and
     splitk (one slice of K per grid z; CUDA C: ``forward_gemm_tile``).
 
@@ -258,7 +300,7 @@ def forward_gemm_tile(out, x, w2, b, k_lo, k_hi, add_bias, As, Bs, acc, a, bv):
     Plan: per K step of 8 the block stages A (8x64) and B (8x64, rows padded by 4) in the
     shared arrays As, Bs (declared by the kernel: a device function gets them as arguments),
     2 elements per thread each, syncs, and each thread does 8 rank-1 updates of its 4x4
-    register block ``acc``: every smem value feeds 4 multiply-adds, every x value loaded
+    register block ``acc`` (:func:`gemm_micro_step`): every smem value feeds 4 multiply-adds, every x value loaded
     feeds 64 filters. Thread t, tx = t%16, ty = t/16 owns m = m0 + tx + 16r, f = f0 + ty +
     16s (r, s = 0..3): strided by 16 so a warp's smem loads are conflict-free and its stores
     (consecutive m = consecutive j) coalesced. Taps at or past k_hi and out-of-range rows or
@@ -286,9 +328,7 @@ def forward_gemm_tile(out, x, w2, b, k_lo, k_hi, add_bias, As, Bs, acc, a, bv):
     # B loader: this thread fills Bs[t%8][t//8 + 32r] from w2[f, k]: 8 threads read 8
     # consecutive k of one filter row.
     b_k, b_f = t % GEMM_BK, t // GEMM_BK
-    for r in range(4):
-        for s in range(4):
-            acc[r, s] = float32(0)
+    gemm_acc_zero(acc)
     for k0 in range(k_lo, k_hi, GEMM_BK):
         for r in range(2):
             ka = k0 + a_k + 4 * r
@@ -303,14 +343,7 @@ def forward_gemm_tile(out, x, w2, b, k_lo, k_hi, add_bias, As, Bs, acc, a, bv):
                 vb = w2[fb, kb]
             Bs[b_k, b_f + 32 * r] = vb
         cuda.syncthreads()
-        for kk in range(GEMM_BK):
-            for r in range(4):
-                a[r] = As[kk, tx + 16 * r]
-            for s in range(4):
-                bv[s] = Bs[kk, ty + 16 * s]
-            for r in range(4):
-                for s in range(4):
-                    acc[r, s] += a[r] * bv[s]
+        gemm_micro_step(acc, As, Bs, tx, ty)   # acc[r, s] += As[., m] * Bs[., f]
         cuda.syncthreads()
     for r in range(4):
         m = m0 + tx + 16 * r
@@ -336,9 +369,7 @@ def conv2d_forward_implicit_gemm(y, x, w2, b):
     As = cuda.shared.array((GEMM_BK, GEMM_BM), float32)       # [k][m]
     Bs = cuda.shared.array((GEMM_BK, GEMM_BN_PAD), float32)   # [k][f]
     acc = cuda.local.array((4, 4), float32)                   # CUDA C: real acc[4][4]
-    a = cuda.local.array(4, float32)
-    bv = cuda.local.array(4, float32)
-    forward_gemm_tile(y, x, w2, b, 0, w2.shape[1], True, As, Bs, acc, a, bv)
+    forward_gemm_tile(y, x, w2, b, 0, w2.shape[1], True, As, Bs, acc)
 
 
 def launch_conv2d_forward_implicit_gemm(rt, x, w, b):
@@ -367,11 +398,9 @@ def conv2d_forward_splitk(ws, x, w2, b, chunk):
     As = cuda.shared.array((GEMM_BK, GEMM_BM), float32)
     Bs = cuda.shared.array((GEMM_BK, GEMM_BN_PAD), float32)
     acc = cuda.local.array((4, 4), float32)
-    a = cuda.local.array(4, float32)
-    bv = cuda.local.array(4, float32)
     z = cuda.blockIdx.z
     k_hi = min(w2.shape[1], (z + 1) * chunk)
-    forward_gemm_tile(ws[z], x, w2, b, z * chunk, k_hi, z == 0, As, Bs, acc, a, bv)
+    forward_gemm_tile(ws[z], x, w2, b, z * chunk, k_hi, z == 0, As, Bs, acc)
 
 
 def launch_conv2d_forward_splitk(rt, x, w, b):
@@ -539,7 +568,7 @@ def launch_conv2d_backward_input_tiled(rt, dy, w):
 
 
 @cuda.jit(device=True)
-def backward_input_gemm_tile(out, dy, w, k_lo, k_hi, As, Bs, acc, a, bv):
+def backward_input_gemm_tile(out, dy, w, k_lo, k_hi, As, Bs, acc):
     """The 64x64x8 GEMM tile of the input gradient, shared by implicit_gemm (the whole K) and
     splitk (one slice of K per grid z; CUDA C: ``backward_input_gemm_tile``).
 
@@ -569,9 +598,7 @@ def backward_input_gemm_tile(out, dy, w, k_lo, k_hi, As, Bs, acc, a, bv):
         a_v = umod(a_m, W)
     # B loader: Bs[t%8][t//8 + 32r] = w[f, c, p, q] with k = (f, p, q).
     b_k, b_c = t % GEMM_BK, t // GEMM_BK
-    for r in range(4):
-        for s in range(4):
-            acc[r, s] = float32(0)
+    gemm_acc_zero(acc)
     for k0 in range(k_lo, k_hi, GEMM_BK):
         for r in range(2):
             ka = k0 + a_k + 4 * r
@@ -589,14 +616,7 @@ def backward_input_gemm_tile(out, dy, w, k_lo, k_hi, As, Bs, acc, a, bv):
                 vb = w[udiv(kb, KK), cb, udiv(pq, KW), umod(pq, KW)]
             Bs[b_k, b_c + 32 * r] = vb
         cuda.syncthreads()
-        for kk in range(GEMM_BK):
-            for r in range(4):
-                a[r] = As[kk, tx + 16 * r]
-            for s in range(4):
-                bv[s] = Bs[kk, ty + 16 * s]
-            for r in range(4):
-                for s in range(4):
-                    acc[r, s] += a[r] * bv[s]
+        gemm_micro_step(acc, As, Bs, tx, ty)   # acc[r, s] += As[., m] * Bs[., c]
         cuda.syncthreads()
     for r in range(4):
         m = m0 + tx + 16 * r
@@ -618,10 +638,8 @@ def conv2d_backward_input_implicit_gemm(dx, dy, w):
     As = cuda.shared.array((GEMM_BK, GEMM_BM), float32)
     Bs = cuda.shared.array((GEMM_BK, GEMM_BN_PAD), float32)
     acc = cuda.local.array((4, 4), float32)
-    a = cuda.local.array(4, float32)
-    bv = cuda.local.array(4, float32)
     k_total = w.shape[0] * w.shape[2] * w.shape[3]
-    backward_input_gemm_tile(dx, dy, w, 0, k_total, As, Bs, acc, a, bv)
+    backward_input_gemm_tile(dx, dy, w, 0, k_total, As, Bs, acc)
 
 
 def launch_conv2d_backward_input_implicit_gemm(rt, dy, w):
@@ -646,11 +664,9 @@ def conv2d_backward_input_splitk(ws, dy, w, chunk):
     As = cuda.shared.array((GEMM_BK, GEMM_BM), float32)
     Bs = cuda.shared.array((GEMM_BK, GEMM_BN_PAD), float32)
     acc = cuda.local.array((4, 4), float32)
-    a = cuda.local.array(4, float32)
-    bv = cuda.local.array(4, float32)
     z = cuda.blockIdx.z
     k_hi = min(w.shape[0] * w.shape[2] * w.shape[3], (z + 1) * chunk)
-    backward_input_gemm_tile(ws[z], dy, w, z * chunk, k_hi, As, Bs, acc, a, bv)
+    backward_input_gemm_tile(ws[z], dy, w, z * chunk, k_hi, As, Bs, acc)
 
 
 def launch_conv2d_backward_input_splitk(rt, dy, w):
@@ -846,7 +862,7 @@ def launch_conv2d_backward_weight_warp(rt, x, dy):
 
 
 @cuda.jit(device=True)
-def backward_weight_gemm_tile(out, x, dy, r_lo, r_hi, As, Bs, acc, a, bv):
+def backward_weight_gemm_tile(out, x, dy, r_lo, r_hi, As, Bs, acc):
     """The 64x64x8 GEMM tile of the weight gradient, shared by implicit_gemm (all R
     positions) and splitk (one slice of them per grid z; CUDA C: ``backward_weight_gemm_tile``).
 
@@ -875,9 +891,7 @@ def backward_weight_gemm_tile(out, x, dy, r_lo, r_hi, As, Bs, acc, a, bv):
     if b_ok:
         b_c, pq = udiv(b_k, KK), umod(b_k, KK)
         b_p, b_q = udiv(pq, KW), umod(pq, KW)
-    for s in range(4):
-        for r in range(4):
-            acc[s, r] = float32(0)
+    gemm_acc_zero(acc)
     for r0 in range(r_lo, r_hi, GEMM_BK):
         for u in range(2):
             ra, fa = r0 + a_r, f0 + a_f + 32 * u
@@ -893,14 +907,7 @@ def backward_weight_gemm_tile(out, x, dy, r_lo, r_hi, As, Bs, acc, a, bv):
                 vb = x[n, b_c, udiv(sp, OW) + b_p, umod(sp, OW) + b_q]
             Bs[b_r + 4 * u, t % GEMM_BN] = vb
         cuda.syncthreads()
-        for kk in range(GEMM_BK):
-            for s in range(4):
-                a[s] = As[kk, ty + 16 * s]
-            for r in range(4):
-                bv[r] = Bs[kk, tx + 16 * r]
-            for s in range(4):
-                for r in range(4):
-                    acc[s, r] += a[s] * bv[r]
+        gemm_micro_step(acc, As, Bs, ty, tx)   # acc[s, r] += As[., f] * Bs[., k]
         cuda.syncthreads()
     for s in range(4):
         f = f0 + ty + 16 * s
@@ -922,10 +929,8 @@ def conv2d_backward_weight_implicit_gemm(dw2, x, dy):
     As = cuda.shared.array((GEMM_BK, GEMM_BM_PAD), float32)   # [r][f]
     Bs = cuda.shared.array((GEMM_BK, GEMM_BN), float32)       # [r][k]
     acc = cuda.local.array((4, 4), float32)                   # [s: f][r: k]
-    a = cuda.local.array(4, float32)
-    bv = cuda.local.array(4, float32)
     r_total = dy.shape[0] * dy.shape[2] * dy.shape[3]
-    backward_weight_gemm_tile(dw2, x, dy, 0, r_total, As, Bs, acc, a, bv)
+    backward_weight_gemm_tile(dw2, x, dy, 0, r_total, As, Bs, acc)
 
 
 def launch_conv2d_backward_weight_implicit_gemm(rt, x, dy):
@@ -955,11 +960,9 @@ def conv2d_backward_weight_splitk(ws, x, dy, chunk):
     As = cuda.shared.array((GEMM_BK, GEMM_BM_PAD), float32)
     Bs = cuda.shared.array((GEMM_BK, GEMM_BN), float32)
     acc = cuda.local.array((4, 4), float32)
-    a = cuda.local.array(4, float32)
-    bv = cuda.local.array(4, float32)
     z = cuda.blockIdx.z
     r_hi = min(dy.shape[0] * dy.shape[2] * dy.shape[3], (z + 1) * chunk)
-    backward_weight_gemm_tile(ws[z], x, dy, z * chunk, r_hi, As, Bs, acc, a, bv)
+    backward_weight_gemm_tile(ws[z], x, dy, z * chunk, r_hi, As, Bs, acc)
 
 
 def launch_conv2d_backward_weight_splitk(rt, x, dy):

@@ -13,6 +13,9 @@ silently misread a wrongly sized scalar).
 
 What the loader does to the source (line numbers are kept, so g++ errors point into the .cu):
 
+* a local ``#include "name"`` (next to the ``.cu`` file, or in ``include_dirs``) is replaced
+  by the header's text between ``#line`` directives (``kernels/cuda_source.py``), so the
+  rewrites below, the barrier search and the build cache's hash see the header too;
 * ``extern __shared__ T name[];`` becomes ``T* name = (T*)emu::dyn_smem();`` (a per-block
   buffer of the launch's ``shared_mem`` bytes);
 * ``__shared__ T name[...];`` becomes ``using A = T[...]; A& name = emu::static_smem<A, id,
@@ -43,6 +46,9 @@ import tempfile
 import threading
 
 import numpy as np
+
+from ..cuda_source import blank_comments as _blank_comments
+from ..cuda_source import inline_includes, location, read_cu
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HEADER = os.path.join(HERE, "cuda_emu.h")
@@ -98,32 +104,6 @@ def cache_dir():
 
 
 # ------------------------------------------------------------------ source analysis
-def _blank_comments(src):
-    """``src`` with comments and string literals replaced by spaces (newlines kept), so
-    positions and line numbers match the original."""
-    out, i, n = list(src), 0, len(src)
-    while i < n:
-        if src.startswith("//", i):
-            j = src.find("\n", i)
-            j = n if j < 0 else j
-        elif src.startswith("/*", i):
-            j = src.find("*/", i + 2)
-            j = n if j < 0 else j + 2
-        elif src[i] == '"':
-            j = i + 1
-            while j < n and src[j] != '"':
-                j += 2 if src[j] == "\\" else 1
-            j += 1
-        else:
-            i += 1
-            continue
-        for k in range(i, min(j, n)):
-            if out[k] != "\n":
-                out[k] = " "
-        i = j
-    return "".join(out)
-
-
 _KERNEL = re.compile(r"__global__\s+void\s+(?:__launch_bounds__\s*\([^)]*\)\s*)?(\w+)\s*\(")
 _FUNCTION = re.compile(r"\b(\w+)\s*\([^;{}()]*(?:\([^;{}()]*\)[^;{}()]*)*\)\s*(?:const\s*)?\{")
 _NOT_FUNCTIONS = {"if", "for", "while", "switch", "catch", "return", "sizeof", "do"}
@@ -170,10 +150,6 @@ def _body_end(clean, start):
     raise EmulatorCompileError("unbalanced braces in the .cu source")
 
 
-def _line(src, pos):
-    return src.count("\n", 0, pos) + 1
-
-
 def _split_top(text, sep=","):
     """``text`` split at ``sep`` outside (), [] and <>."""
     parts, depth, cur = [], 0, []
@@ -205,7 +181,7 @@ def _rewrite_static_shared(src, filename):
               if m.group(1) not in _NOT_FUNCTIONS]
     pieces, last, sid = [], 0, 0
     for m in _SHARED.finditer(clean):
-        where = f"{filename}:{_line(src, m.start())}"
+        where = location(src, m.start(), filename)
         line_start = clean.rfind("\n", 0, m.start()) + 1
         if clean[line_start:m.start()].lstrip().startswith("#"):
             raise EmulatorCompileError(
@@ -539,12 +515,15 @@ def _differs(a, b, tol=None):
 class EmuModule:
     """A ``.cu`` file compiled for the CPU; the emulator's ``cupy.RawModule``."""
 
-    def __init__(self, code=None, path=None, asan=None):
+    def __init__(self, code=None, path=None, asan=None, include_dirs=()):
         if (code is None) == (path is None):
             raise ValueError("pass exactly one of code= or path=")
+        # local headers inlined (kernels/cuda_source.py): the file's own directory, then
+        # include_dirs (cupy.RawModule's "-I" options) -- g++ compiles a copy elsewhere
         if path is not None:
-            with open(path) as f:
-                code = f.read()
+            code = read_cu(path, include_dirs)
+        else:
+            code = inline_includes(code, "<string>", include_dirs)
         self.asan = asan_enabled(asan)
         if self.asan and not _asan_loaded():
             raise EmulatorError(
