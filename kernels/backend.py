@@ -132,18 +132,20 @@ class Backend:
         return self.get_op("maxpool2d_forward", version)(x, k)
 
     def maxpool2d_backward(self, dy, switches, input_hw, *, version=None):
-        hw = contract.check_maxpool2d_backward(dy, switches, input_hw, self.array_types,
-                                               self.move_hint)
-        self._check_dtype("dy", dy)
-        self._check_switch_values(switches, hw)
-        return self.get_op("maxpool2d_backward", version)(dy, switches, hw)
+        return self._to_switches("maxpool2d_backward", contract.check_maxpool2d_backward,
+                                 "dy", dy, switches, input_hw, version)
 
     def unpool2d_forward(self, y, switches, output_hw, *, version=None):
-        hw = contract.check_unpool2d_forward(y, switches, output_hw, self.array_types,
-                                             self.move_hint)
-        self._check_dtype("y", y)
+        return self._to_switches("unpool2d_forward", contract.check_unpool2d_forward,
+                                 "y", y, switches, output_hw, version)
+
+    def _to_switches(self, op, check, name, v, switches, hw, version):
+        """The two ops that put pooled values ``v`` back at their switches in zeroed planes
+        of size ``hw`` (the same computation, and on the GPU backends the same kernels)."""
+        hw = check(v, switches, hw, self.array_types, self.move_hint)
+        self._check_dtype(name, v)
         self._check_switch_values(switches, hw)
-        return self.get_op("unpool2d_forward", version)(y, switches, hw)
+        return self.get_op(op, version)(v, switches, hw)
 
     def unpool2d_backward(self, dx, switches, *, version=None):
         contract.check_unpool2d_backward(dx, switches, self.array_types, self.move_hint)

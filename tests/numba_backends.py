@@ -19,6 +19,21 @@ KINDS = [pytest.param("sim", marks=pytest.mark.simulator, id="sim"),
 _cache = {}
 
 
+SIM, SIM_SLOW_TIER, GPU = ((pytest.mark.simulator,), (pytest.mark.slow, pytest.mark.simulator),
+                           (pytest.mark.gpu,))
+
+
+def tier_params(*tiers):
+    """``(kind, op, version, shape)`` params of one test over several tiers, each tier
+    ``(label, kind, cases, marks)``: ``cases`` are ``pytest.param(op, version, shape)`` (their
+    ids and marks kept), run on backend ``kind`` ("sim" or "gpu") with ``marks`` added."""
+    return [pytest.param(kind, *p.values, id=f"{kind}-{label}-{p.id}",
+                         marks=[*p.marks, *marks])
+            for label, kind, cases, marks in tiers for p in cases]
+
+
+
+
 def numba_backend(kind):
     if kind not in _cache:
         if kind == "sim":

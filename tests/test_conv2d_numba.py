@@ -30,7 +30,7 @@ from kernels import get_backend
 from kernels.testing import assert_op_close
 
 from gpu_ladders import CONV_LADDER, check_ladder
-from numba_backends import KINDS, numba_backend
+from numba_backends import GPU, KINDS, SIM, SIM_SLOW_TIER, numba_backend, tier_params
 
 ref = get_backend("numpy")
 
@@ -147,27 +147,18 @@ def test_odd_shapes(kind, op, version, shape, rng):
     check_version(numba_backend(kind), op, version, shape, rng)
 
 
-@pytest.mark.parametrize("op,version,shape",
-                         _cases({k: v[2] for k, v in PAPER.items()}, sim_slow=SIM_SLOW))
-@pytest.mark.parametrize("kind", KINDS)
-def test_paper_layers_sliced(kind, op, version, shape, rng):
+_SLICED = _cases({k: v[2] for k, v in PAPER.items()}, sim_slow=SIM_SLOW)
+
+
+@pytest.mark.parametrize("kind,op,version,shape", tier_params(
+    ("sliced", "sim", _SLICED, SIM), ("sliced", "gpu", _SLICED, GPU),
+    ("wider", "sim", _cases({k: v[1] for k, v in PAPER.items()}), SIM_SLOW_TIER),
+    ("full", "gpu", _cases({k: (2,) + v[0][1:] for k, v in PAPER.items()}), GPU)))
+def test_paper_layers(kind, op, version, shape, rng):
+    """The paper's layers (spatial and kernel sizes always the paper's): sliced to 1-3
+    channels and filters in the default tier; batch 2, 8 filters and 8 channels (the
+    layer's own C when smaller) in the slow simulator tier; whole at batch 2 on a GPU."""
     check_version(numba_backend(kind), op, version, shape, rng)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("op,version,shape",
-                         _cases({k: v[1] for k, v in PAPER.items()}))
-@pytest.mark.parametrize("kind", [pytest.param("sim", marks=pytest.mark.simulator, id="sim")])
-def test_paper_layers_wider_simulator(kind, op, version, shape, rng):
-    """Batch 2, 8 filters and 8 channels (the layer's own C when smaller) in the simulator."""
-    check_version(numba_backend(kind), op, version, shape, rng)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("op,version,shape",
-                         _cases({k: (2,) + v[0][1:] for k, v in PAPER.items()}))
-def test_paper_layers_full_gpu(op, version, shape, rng):
-    check_version(numba_backend("gpu"), op, version, shape, rng)
 
 
 @pytest.mark.parametrize("version", ["naive", "reduce", "warp", "implicit_gemm"])

@@ -18,7 +18,7 @@ from kernels import get_backend
 from kernels.testing import assert_op_close, distinct_values
 
 from gpu_ladders import POOL_LADDER, check_ladder
-from numba_backends import KINDS, numba_backend
+from numba_backends import GPU, KINDS, SIM, SIM_SLOW_TIER, numba_backend, tier_params
 
 ref = get_backend("numpy")
 
@@ -90,24 +90,17 @@ def test_ties_go_to_first_in_window(kind, op, version, shape, rng):
     check_version(numba_backend(kind), op, version, shape, rng, ties=True)
 
 
-@pytest.mark.parametrize("op,version,shape", _cases({k: v[1] for k, v in PAPER.items()}))
-@pytest.mark.parametrize("kind", KINDS)
-def test_paper_layers_sliced(kind, op, version, shape, rng):
+_SLICED = _cases({k: v[1] for k, v in PAPER.items()})
+
+
+@pytest.mark.parametrize("kind,op,version,shape", tier_params(
+    ("sliced", "sim", _SLICED, SIM), ("sliced", "gpu", _SLICED, GPU),
+    ("full", "sim", _cases({k: v[0] for k, v in PAPER.items()}), SIM_SLOW_TIER),
+    ("full", "gpu", _cases({k: (8,) + v[0][1:] for k, v in PAPER.items()}), GPU)))
+def test_paper_layers(kind, op, version, shape, rng):
+    """The paper's pooling layers: sliced in the default tier; whole at batch 1 in the slow
+    simulator tier and at batch 8 on a GPU."""
     check_version(numba_backend(kind), op, version, shape, rng)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("op,version,shape", _cases({k: v[0] for k, v in PAPER.items()}))
-@pytest.mark.parametrize("kind", [pytest.param("sim", marks=pytest.mark.simulator, id="sim")])
-def test_paper_layers_full_simulator(kind, op, version, shape, rng):
-    check_version(numba_backend(kind), op, version, shape, rng)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("op,version,shape",
-                         _cases({k: (8,) + v[0][1:] for k, v in PAPER.items()}))
-def test_paper_layers_full_gpu(op, version, shape, rng):
-    check_version(numba_backend("gpu"), op, version, shape, rng)
 
 
 @pytest.mark.parametrize("kind", KINDS)

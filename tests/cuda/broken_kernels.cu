@@ -13,31 +13,30 @@
 // writes its own slot for the next round. Without the second __syncthreads(), thread t can
 // overwrite s[t] before thread t-1 has read it (a write-after-read race): in index order the
 // emulator happens to run t-1 first and the answer looks right; in reverse order it is wrong.
-extern "C" __global__ void shift_missing_sync(float* y, const float* x) {
-    __shared__ float s[64];
-    const int t = threadIdx.x, n = blockDim.x, base = blockIdx.x * n;
-    float v = x[base + t];
+// One body for the broken kernel and its twin: `second_barrier` is what the broken one lacks
+// (uniform over the block, so the conditional barrier is legal).
+__device__ float shift_three_rounds(float* s, float v, int t, int n, bool second_barrier) {
     for (int round = 0; round < 3; ++round) {
         s[t] = v;
         __syncthreads();
         v = s[t + 1 < n ? t + 1 : t];
-        // BUG: missing __syncthreads() -- the next round's s[t] = v may overwrite a value
-        // that thread t-1 has not read yet.
+        if (second_barrier) __syncthreads();
     }
-    y[base + t] = v;
+    return v;
+}
+
+extern "C" __global__ void shift_missing_sync(float* y, const float* x) {
+    __shared__ float s[64];
+    const int t = threadIdx.x, base = blockIdx.x * blockDim.x;
+    // BUG: without the second barrier the next round's s[t] = v may overwrite a value that
+    // thread t-1 has not read yet.
+    y[base + t] = shift_three_rounds(s, x[base + t], t, blockDim.x, false);
 }
 
 extern "C" __global__ void shift_ok(float* y, const float* x) {
     __shared__ float s[64];
-    const int t = threadIdx.x, n = blockDim.x, base = blockIdx.x * n;
-    float v = x[base + t];
-    for (int round = 0; round < 3; ++round) {
-        s[t] = v;
-        __syncthreads();
-        v = s[t + 1 < n ? t + 1 : t];
-        __syncthreads();
-    }
-    y[base + t] = v;
+    const int t = threadIdx.x, base = blockIdx.x * blockDim.x;
+    y[base + t] = shift_three_rounds(s, x[base + t], t, blockDim.x, true);
 }
 
 // ---------------------------------------------------------------- race: no barrier at all
