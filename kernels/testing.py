@@ -84,30 +84,41 @@ def _first_bad(bad):
 TF32_EPS = 2.0 ** -10
 
 
-def op_tolerance(op, *inputs, dtype=np.float32, input_eps=0.0):
+def op_tolerance(op, *inputs, dtype=np.float32, input_eps=0.0, mixed=False):
     """The elementwise absolute tolerance of a convolution op's result on ``inputs``, for a
     backend computing in ``dtype`` (the bound in the module doc); 0 for the pooling ops.
 
     ``input_eps``: the relative error of each input as the backend rounds it before
     multiplying (0: none; :data:`TF32_EPS` for TF32 tensor cores). Each product then errs
-    by at most ``(2 e + e^2) |term|``, so ``(2 e + e^2) * S`` is added to the bound."""
+    by at most ``(2 e + e^2) |term|``, so ``(2 e + e^2) * S`` is added to the bound.
+
+    ``mixed``: for versions whose every output mixes every pixel of its plane (the NumPy
+    ``dft`` plan: a transform, channel products, an inverse transform), an output's
+    rounding error scales with its whole plane, not with its own terms: ``S`` becomes the
+    largest ``S`` of the output's plane and the term count grows by the three transforms'
+    ``3 * H * W`` (H x W: the largest plane among the inputs and the result)."""
     if op in POOL_OPS:
         return 0.0
     dtype = np.dtype(dtype)
     terms = conv_terms(op, *inputs)
     bound = _abs_bound(op, *inputs)
+    if mixed and np.ndim(bound) == 4:     # (the bias gradient is a plain sum)
+        hw = max(a.shape[-2] * a.shape[-1] for a in inputs if np.ndim(a) == 4)
+        terms = terms + 3 * max(hw, bound.shape[-2] * bound.shape[-1])
+        bound = np.broadcast_to(bound.max(axis=(-2, -1), keepdims=True), bound.shape)
     e = float(input_eps)
     return ((8.0 * math.sqrt(terms) * np.finfo(dtype).eps + 2 * e + e * e) * bound
             + np.finfo(dtype).tiny)
 
 
-def assert_op_close(op, actual, expected, *inputs, dtype=None, input_eps=0.0):
+def assert_op_close(op, actual, expected, *inputs, dtype=None, input_eps=0.0, mixed=False):
     """Assert that ``actual`` matches the reference ``expected`` for ``op`` on ``inputs``.
 
     Pooling ops must match exactly; convolution ops within the bound in the module doc.
     ``dtype`` is the dtype the tested backend computed in (default: ``actual``'s);
-    ``input_eps`` the rounding of its inputs (:func:`op_tolerance`). NaN or Inf where the
-    reference has none fails, whatever the tolerance.
+    ``input_eps`` the rounding of its inputs and ``mixed`` a transform plan's error
+    (:func:`op_tolerance`). NaN or Inf where the reference has none fails, whatever the
+    tolerance.
     """
     actual = np.asarray(actual)
     expected = np.asarray(expected)
@@ -126,7 +137,8 @@ def assert_op_close(op, actual, expected, *inputs, dtype=None, input_eps=0.0):
         return
     dtype = np.dtype(dtype or actual.dtype)
     terms = conv_terms(op, *inputs)
-    tol = np.broadcast_to(op_tolerance(op, *inputs, dtype=dtype, input_eps=input_eps),
+    tol = np.broadcast_to(op_tolerance(op, *inputs, dtype=dtype, input_eps=input_eps,
+                                       mixed=mixed),
                           actual.shape)
     bad = _not_close(actual, expected, tol)
     if bad.any():

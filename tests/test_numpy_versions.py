@@ -22,7 +22,7 @@ def threads(request, monkeypatch):
     return request.param
 
 
-@pytest.mark.parametrize("version", ["im2col", "fast"])
+@pytest.mark.parametrize("version", ["im2col", "fast", "dft"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", CONV_SHAPES, ids=str)
 def test_conv_versions_match_naive(shape, dtype, version, threads, rng):
@@ -35,13 +35,53 @@ def test_conv_versions_match_naive(shape, dtype, version, threads, rng):
                      ("conv2d_backward_weight", (x, dy)), ("conv2d_backward_bias", (dy,))):
         got = conv_ops.VERSIONS[op][version](*args)
         assert got.dtype == dtype and got.flags.c_contiguous
-        assert_op_close(op, got, conv_ops.VERSIONS[op]["naive"](*args), *args)
+        assert_op_close(op, got, conv_ops.VERSIONS[op]["naive"](*args), *args,
+                        mixed=version == "dft")
 
 
 def test_both_plans_are_covered():
     plans = {conv_ops._plane_plan(c, kh, kw, h - kh + 1, w_ - kw + 1)
              for (_, c, h, w_, _, kh, kw) in CONV_SHAPES}
     assert plans == {True, False}
+
+
+def test_fast_takes_the_dft_plan_at_the_paper_conv2_only():
+    """The paper's conv2 (and CIFAR's) take the transform plan; conv1 and conv3 do not."""
+    assert conv_ops._dft_plan(128, 100, 150, 12, 12, 5, 5)
+    assert conv_ops._dft_plan(128, 100, 150, 14, 14, 5, 5)
+    assert not conv_ops._dft_plan(128, 1, 100, 28, 28, 5, 5)
+    assert not conv_ops._dft_plan(128, 150, 200, 4, 4, 3, 3)
+
+
+DFT_SHAPE = (32, 100, 12, 12, 150, 5, 5)        # N, C, H, W, F, KH, KW: a dft-plan shape
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_fast_keeps_non_finite_values_local(bad, rng):
+    """At a dft-plan shape ``fast`` matches the GEMM plan, and for NaN/Inf input it falls
+    back to it: non-finite outputs stay where the definition puts them (the transform would
+    spread them over the whole image)."""
+    n, c, h, w_, f, kh, kw = DFT_SHAPE
+    assert conv_ops._dft_plan(n, c, f, h, w_, kh, kw)
+    x = rng.standard_normal((n, c, h, w_)).astype(np.float32)
+    w = (0.05 * rng.standard_normal((f, c, kh, kw))).astype(np.float32)
+    b = rng.standard_normal(f).astype(np.float32)
+    dy = rng.standard_normal((n, f, h - kh + 1, w_ - kw + 1)).astype(np.float32)
+    calls = (("conv2d_forward", (x, w, b)), ("conv2d_backward_input", (dy, w)),
+             ("conv2d_backward_weight", (x, dy)))
+    for op, args in calls:
+        assert_op_close(op, conv_ops.VERSIONS[op]["fast"](*args),
+                        conv_ops.VERSIONS[op]["im2col"](*args), *args, mixed=True)
+    x[3, 5, 2, 7] = bad
+    dy[1, 4, 0, 3] = bad
+    for op, args in calls:
+        got = conv_ops.VERSIONS[op]["fast"](*args)
+        want = conv_ops.VERSIONS[op]["im2col"](*args)
+        assert (~np.isfinite(want)).any() and not (~np.isfinite(want)).all()
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+        ok = np.isfinite(want)
+        np.testing.assert_allclose(got[ok], want[ok], rtol=1e-4, atol=1e-4)
 
 
 def test_scratch_is_not_returned(rng):
