@@ -278,7 +278,8 @@ def reference(op, layer, args, under_test=None):
 def validate(op, layer, args, result, under_test=None, input_eps=0.0):
     """Raise AssertionError unless ``result`` (host arrays) matches the reference
     (``input_eps``: the implementation's input rounding, :func:`input_eps`)."""
-    W.validate(op, args, result, reference(op, layer, args, under_test), input_eps=input_eps)
+    W.validate(op, args, result, reference(op, layer, args, under_test), input_eps=input_eps,
+               mixed=under_test in (("numpy", "fast"), ("numpy", "dft")))
 
 
 # ------------------------------------------------------------------------ callables

@@ -249,10 +249,11 @@ def reference_terms(op, L):
 def reference_version(op, L, under_test=None):
     """Name of the NumPy version used as the reference for ``op`` on layer ``L``: ``naive``
     when cheap, else ``fast`` (``im2col``/``argmax`` when ``under_test`` is
-    ``("numpy", "fast")``: never a version against itself)."""
+    ``("numpy", "fast")`` or ``("numpy", "dft")``: never a version against itself, and the
+    transform plan against a direct one)."""
     if reference_terms(op, L) <= NAIVE_REFERENCE_TERMS:
         return "naive"
-    if under_test == ("numpy", "fast"):
+    if under_test in (("numpy", "fast"), ("numpy", "dft")):
         return "im2col" if op in CONV_OPS else "argmax"
     return "fast"
 
@@ -268,14 +269,16 @@ def compute_reference(op, args, version):
     return pool_ops.VERSIONS[op][version](*args)
 
 
-def validate(op, args, result, ref, dtype=np.float32, input_eps=0.0):
+def validate(op, args, result, ref, dtype=np.float32, input_eps=0.0, mixed=False):
     """Raise AssertionError unless ``result`` (host arrays) matches ``ref`` on ``args``
-    (``input_eps``: the implementation's input rounding, e.g. TF32; see
+    (``input_eps``: the implementation's input rounding, e.g. TF32; ``mixed``: a transform
+    plan's plane-wide rounding, the NumPy ``dft`` plan; see
     :func:`kernels.testing.op_tolerance`)."""
     if op == "maxpool2d_forward":
         assert_op_close(op, result[0], ref[0])
         assert_op_close(op, result[1], ref[1])
     elif op in CONV_OPS:
-        assert_op_close(op, result, ref, *args, dtype=dtype, input_eps=input_eps)
+        assert_op_close(op, result, ref, *args, dtype=dtype, input_eps=input_eps,
+                        mixed=mixed)
     else:
         assert_op_close(op, result, ref)
