@@ -118,3 +118,24 @@ def test_tolerance_is_finite_and_positive(conv):
     tol = op_tolerance("conv2d_forward", *inputs, dtype=np.float32)
     assert tol.shape == y.shape and np.isfinite(tol).all() and (tol > 0).all()
     assert op_tolerance("maxpool2d_forward") == 0.0
+
+
+def test_mixed_tolerance_still_rejects_wrong_answers_and_nan(rng):
+    """The transform plans' wider bound (``mixed``) accepts their rounding but not a wrong
+    element or a NaN."""
+    from kernels.conv2d import numpy_ops as conv_ops
+    x = rng.standard_normal((2, 3, 8, 8))
+    w = rng.standard_normal((4, 3, 5, 5))
+    b = rng.standard_normal(4)
+    want = conv_ops.conv2d_forward_naive(x, w, b)
+    got = conv_ops.conv2d_forward_dft(x.astype(np.float32), w.astype(np.float32),
+                                      b.astype(np.float32))
+    assert_op_close("conv2d_forward", got, want, x, w, b, dtype=np.float32, mixed=True)
+    wrong = got.copy()
+    wrong[1, 2, 3, 1] += 1e-3 * np.abs(want).max()
+    with pytest.raises(AssertionError):
+        assert_op_close("conv2d_forward", wrong, want, x, w, b, dtype=np.float32, mixed=True)
+    wrong = got.copy()
+    wrong[0, 0, 0, 0] = np.nan
+    with pytest.raises(AssertionError):
+        assert_op_close("conv2d_forward", wrong, want, x, w, b, dtype=np.float32, mixed=True)
