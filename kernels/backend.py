@@ -93,6 +93,11 @@ class Backend:
     def synchronize(self):
         """Wait for queued device work (no-op on the CPU)."""
 
+    def matmul(self, a, b):
+        """``a @ b`` of two 2-D arrays of this backend (the fully connected layers' GEMMs);
+        the NumPy backend runs it on its thread pool."""
+        return a @ b
+
     def _check_dtype(self, name, a):
         if np.dtype(a.dtype) not in self.dtypes:
             want = " or ".join(str(d) for d in self.dtypes)

@@ -28,6 +28,7 @@ no JIT: the code stays NumPy.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import ctypes
 import math
 import os
@@ -183,17 +184,69 @@ def batch_tasks(fn, n, bytes_per_item, target=TASK_BYTES, blas=True):
     count. With one thread, or (``blas``) a BLAS whose threads cannot be pinned, the same
     slices run one after the other in this thread."""
     if n * bytes_per_item < 4 * MIN_PARALLEL_ELEMENTS:
-        return [fn(0, n)]
+        with blas_single_thread() if blas else contextlib.nullcontext():
+            return [fn(0, n)]
     step = max(1, min(math.ceil(n / MIN_TASKS), target // max(1, bytes_per_item)))
     bounds = list(range(0, n, step)) + [n]
     t = min(num_threads(), len(bounds) - 1)
     if t <= 1 or (blas and blas_controls() is None):
         with blas_single_thread() if blas else contextlib.nullcontext():
             return [fn(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
-    pool = _executor(t)
+    slices = list(zip(bounds[:-1], bounds[1:]))
     with blas_single_thread() if blas else contextlib.nullcontext():
-        futures = [pool.submit(fn, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
-        return [f.result() for f in futures]
+        return _share(fn, slices, t)
+
+
+def _share(fn, slices, t):
+    """Run ``fn(lo, hi)`` for every slice on ``t`` threads: the caller and ``t - 1`` pool
+    workers take the next slice from a shared counter until none is left (one hand-off
+    per worker, not per task; the caller never sits idle). Each worker runs in a copy of
+    the caller's context, so ``np.errstate`` (a context variable) holds in it too. The
+    first exception stops the hand-out; it is raised once every thread has stopped."""
+    results = [None] * len(slices)
+    nxt = iter(range(len(slices)))
+    lock = threading.Lock()
+    failed = []
+
+    def drain():
+        while not failed:
+            with lock:
+                i = next(nxt, None)
+            if i is None:
+                return
+            try:
+                results[i] = fn(*slices[i])
+            except BaseException as e:     # noqa: BLE001 - re-raised in the caller
+                failed.append(e)
+                return
+
+    pool = _executor(t - 1)
+    futures = [pool.submit(contextvars.copy_context().run, drain) for _ in range(t - 1)]
+    try:
+        drain()
+    finally:
+        for f in futures:
+            f.result()
+    if failed:
+        raise failed[0]
+    return results
+
+
+#: ``matmul``'s GEMM (a module attribute, so tests can watch it).
+_gemm = np.matmul
+
+
+def matmul(a, b):
+    """``a @ b`` for 2-D ``a`` (M, K) and ``b`` (K, P) -- either may be a transposed view --
+    as a new (M, P) array: the rows of ``a`` cut into batch tasks on the pool, BLAS on one
+    thread (so its own workers stay asleep; see the module docstring)."""
+    out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
+
+    def task(lo, hi):
+        _gemm(a[lo:hi], b, out=out[lo:hi])
+
+    batch_tasks(task, a.shape[0], (a.shape[1] + b.shape[1]) * out.itemsize)
+    return out
 
 
 def scratch(key, shape, dtype):

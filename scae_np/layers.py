@@ -184,15 +184,15 @@ class Dense(Layer):
 
     def forward(self, x):
         self.x = x
-        y = x @ self.params["W"].T
+        y = self.be.matmul(x, self.params["W"].T)
         y += self.params["b"]
         return y
 
     def backward(self, dy, need_dx=True):
         xp = self.xp
-        self.grads["W"] = dy.T @ self.x
+        self.grads["W"] = self.be.matmul(dy.T, self.x)
         self.grads["b"] = xp.sum(dy, axis=0)
-        dx = dy @ self.params["W"] if need_dx else None
+        dx = self.be.matmul(dy, self.params["W"]) if need_dx else None
         self.x = None
         return dx
 

@@ -11,10 +11,12 @@ def _conv_outputs(be, x, w, b, dy):
             be.conv2d_backward_weight(x, dy), be.conv2d_backward_bias(dy)]
 
 
-@pytest.mark.parametrize("shape", [(37, 1, 28, 28, 20, 5), (29, 30, 12, 12, 40, 5)])
+@pytest.mark.parametrize("shape", [(37, 1, 28, 28, 20, 5), (29, 30, 12, 12, 40, 5),
+                                   (33, 100, 12, 12, 150, 5)])
 def test_conv_ops_bit_identical_at_any_thread_count(shape):
-    """Both GEMM plans (plane: conv1-like, rows: conv2-like); 37 and 29 images are not
-    multiples of the task size. The dW partial sums are the part that would differ."""
+    """Both GEMM plans (plane: conv1-like, rows: conv2-like) and the dft plan (the paper's
+    conv2 channels); 37, 29 and 33 images are not multiples of the task size. The dW
+    partial sums are the part that would differ."""
     n, c, h, wd, f, k = shape
     rng = np.random.default_rng(0)
     be = get_backend("numpy")
@@ -22,6 +24,8 @@ def test_conv_ops_bit_identical_at_any_thread_count(shape):
     w = rng.standard_normal((f, c, k, k), dtype=np.float32)
     b = rng.standard_normal(f, dtype=np.float32)
     dy = rng.standard_normal((n, f, h - k + 1, wd - k + 1), dtype=np.float32)
+    from kernels.conv2d import numpy_ops
+    assert numpy_ops._dft_plan(n, c, f, h, wd, k, k) == (c == 100)
     outs = {}
     for t in (1, 2, 3):
         with numpy_threads.using_threads(t):
@@ -91,3 +95,96 @@ def test_keep_freed_memory_reports_what_it_did(monkeypatch):
     assert numpy_threads.keep_freed_memory() is False
     monkeypatch.delenv("SCAE_NP_MALLOPT")
     assert isinstance(numpy_threads.keep_freed_memory(), bool)
+
+
+def test_matmul_is_the_product_at_any_thread_count():
+    """The fully connected layers' GEMM: rows cut into tasks (130 is not a multiple of the
+    task size), transposed views accepted, bit-identical at 1 and 3 threads."""
+    rng = np.random.default_rng(4)
+    a = rng.standard_normal((130, 70), dtype=np.float32)
+    b = rng.standard_normal((50, 70), dtype=np.float32)
+    outs = []
+    for t in (1, 3):
+        with numpy_threads.using_threads(t):
+            outs.append((numpy_threads.matmul(a, b.T), numpy_threads.matmul(a.T, a)))
+    for got, ref in zip(outs[0], (a @ b.T, a.T @ a)):
+        assert got.dtype == np.float32 and got.flags.c_contiguous
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+    for x1, x3 in zip(*outs):
+        np.testing.assert_array_equal(x1, x3)
+
+
+def test_blas_never_threads_inside_the_backend(monkeypatch):
+    """OpenBLAS's idle workers spin a core for ~0.1 s after every threaded call, which
+    would steal that core from the pool's tasks: every GEMM of a CNN step (the dft plan's
+    stages and the fully connected layers included) runs with BLAS on one thread, while
+    BLAS itself is set to 2 outside the ops."""
+    ctl = numpy_threads.blas_controls()
+    if ctl is None:
+        pytest.skip("no OpenBLAS thread control in this process")
+    from kernels.conv2d import numpy_ops
+    seen = {"conv": [], "dense": []}
+
+    def watch(gemm, key):
+        def wrapped(*args, **kw):
+            seen[key].append(ctl[0]())
+            return gemm(*args, **kw)
+        return wrapped
+
+    monkeypatch.setattr(numpy_ops, "_gemm", watch(numpy_ops._gemm, "conv"))
+    monkeypatch.setattr(numpy_threads, "_gemm", watch(numpy_threads._gemm, "dense"))
+    be = get_backend("numpy")
+    rng = np.random.default_rng(5)
+    x = rng.random((24, 1, 28, 28), dtype=np.float32)
+    y = rng.integers(0, 10, 24)
+    m = CNN(be, maps=(100, 150, 20), hidden=30, seed=0)      # conv2 takes the dft plan
+    assert numpy_ops._dft_plan(24, 100, 150, 12, 12, 5, 5)
+    with numpy_threads.using_threads(2):
+        assert ctl[0]() == 2
+        assert np.isfinite(float(m.train_step(x, y, 0.01)))
+        assert ctl[0]() == 2
+    assert len(seen["conv"]) > 20 and set(seen["conv"]) == {1}
+    assert len(seen["dense"]) >= 5 and set(seen["dense"]) == {1}     # 2 forward, 3 backward
+
+
+def test_tasks_see_the_callers_errstate():
+    """np.errstate is a context variable: the pool's workers run in a copy of the caller's
+    context, so an error state set around an op holds inside its tasks."""
+    z = np.zeros(64 * 1024, np.float32)
+
+    def task(lo, hi):
+        return np.float32(1) / z[lo:hi]
+
+    with numpy_threads.using_threads(2):
+        with np.errstate(divide="raise"):
+            with pytest.raises(FloatingPointError):
+                numpy_threads.batch_tasks(task, len(z), 1024, target=4096, blas=False)
+        with np.errstate(divide="ignore"):
+            parts = numpy_threads.batch_tasks(task, len(z), 1024, target=4096, blas=False)
+    assert len(parts) >= numpy_threads.MIN_TASKS and all(np.isinf(p).all() for p in parts)
+
+
+def test_a_failing_task_stops_the_rest_and_is_raised_after_all_threads_stop():
+    import threading
+    import time
+    running, done, started = [0], [], []
+    lock = threading.Lock()
+
+    def task(lo, hi):
+        with lock:
+            running[0] += 1
+            started.append(lo)
+        try:
+            if lo == 0:
+                raise KeyError("slice 0 failed")
+            time.sleep(0.02)
+            done.append(lo)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    with numpy_threads.using_threads(2):
+        with pytest.raises(KeyError, match="slice 0 failed"):
+            numpy_threads.batch_tasks(task, 64, 1 << 20, blas=False)
+    assert running[0] == 0                       # nothing still runs after the raise
+    assert len(started) <= 3                     # of 16 slices: the hand-out stopped

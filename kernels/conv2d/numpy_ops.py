@@ -446,35 +446,72 @@ def _try_dft(fn, *args):
         return out if math.isfinite(float(np.add.reduce(out, axis=None))) else None
 
 
+#: working set of one dft task (a slice of rows, or of bins, with its outputs).
+DFT_TASK_BYTES = 2 << 20
+
+
 def _spectrum(a, h, w, support):
     """Half spectra of the planes of ``a`` (rows, channels, sh, sw) on h x w: (NB, 2, rows,
-    channels)."""
+    channels). One GEMM ``T @ a^T``, its columns cut into tasks of a few rows."""
     r, c = a.shape[:2]
     t = _dft_columns(h, w, a.dtype, 0, *support)
-    return _gemm(t, a.reshape(r * c, -1).T).reshape(-1, 2, r, c)
+    flat = a.reshape(r * c, -1)
+    out = np.empty((t.shape[0], r * c), dtype=a.dtype)
+
+    def task(lo, hi):
+        _gemm(t, flat[lo * c:hi * c].T, out=out[:, lo * c:hi * c])
+
+    batch_tasks(task, r, c * (t.shape[0] + t.shape[1]) * a.itemsize, target=DFT_TASK_BYTES)
+    return out.reshape(-1, 2, r, c)
 
 
 def _planes(spec, h, w, support):
-    """Inverse of ``_spectrum`` on the pixels of ``support``: (rows, channels, sh, sw)."""
+    """Inverse of ``_spectrum`` on the pixels of ``support``: (rows, channels, sh, sw).
+    One GEMM ``spec^T @ Ti``, its rows cut into tasks of a few rows."""
     nb, _, r, c = spec.shape
     ti = _dft_columns(h, w, spec.dtype, 1, *support)
-    return _gemm(spec.reshape(2 * nb, r * c).T, ti).reshape(r, c, *support)
+    flat = spec.reshape(2 * nb, r * c)
+    out = np.empty((r * c, ti.shape[1]), dtype=spec.dtype)
+
+    def task(lo, hi):
+        _gemm(flat[:, lo * c:hi * c].T, ti, out=out[lo * c:hi * c])
+
+    batch_tasks(task, r, c * (ti.shape[0] + ti.shape[1]) * spec.itemsize,
+                target=DFT_TASK_BYTES)
+    return out.reshape(r, c, *support)
 
 
 def _products(a, b, conj_b):
     """Per bin, the complex products sum_k A[.,k] (conj) B[k,.] of spectra a (NB, 2, M, K)
-    and b (NB, 2, K, P) -- b may be a transposed view -- as (NB, 2, M, P)."""
-    nb, _, m, _ = a.shape
-    stacked = a.reshape(nb, 2 * m, a.shape[3])                      # [A_re; A_im] per bin
-    p_re = _gemm(stacked, b[:, 0])                                  # [A_re B_re; A_im B_re]
-    p_im = _gemm(stacked, b[:, 1])                                  # [A_re B_im; A_im B_im]
-    out = np.empty((nb, 2, m, p_re.shape[2]), dtype=a.dtype)
-    if conj_b:   # (a_re + i a_im)(b_re - i b_im)
-        np.add(p_re[:, :m], p_im[:, m:], out=out[:, 0])
-        np.subtract(p_re[:, m:], p_im[:, :m], out=out[:, 1])
-    else:        # (a_re + i a_im)(b_re + i b_im)
-        np.subtract(p_re[:, :m], p_im[:, m:], out=out[:, 0])
-        np.add(p_im[:, :m], p_re[:, m:], out=out[:, 1])
+    and b (NB, 2, K, P) -- either may be a transposed view -- as (NB, 2, M, P), by three
+    real GEMMs per bin instead of four (Gauss): with k1 = (A_re + A_im) B_re,
+
+        A B        = (k1 - A_im (B_re + B_im)) + i (k1 + A_re (B_im - B_re))
+        A conj(B)  = (k1 - A_im (B_re - B_im)) + i (k1 - A_re (B_re + B_im))
+
+    The bins are cut into tasks."""
+    nb, _, m, k = a.shape
+    p = b.shape[3]
+    out = np.empty((nb, 2, m, p), dtype=a.dtype)
+
+    def task(lo, hi):
+        a_re, a_im, b_re, b_im = a[lo:hi, 0], a[lo:hi, 1], b[lo:hi, 0], b[lo:hi, 1]
+        o_re, o_im = out[lo:hi, 0], out[lo:hi, 1]
+        k1 = _gemm(np.add(a_re, a_im), b_re)
+        both = np.add(b_re, b_im)
+        if conj_b:
+            t = _gemm(a_im, np.subtract(b_re, b_im))
+            np.subtract(k1, t, out=o_re)
+            _gemm(a_re, both, out=t)
+            np.subtract(k1, t, out=o_im)
+        else:
+            t = _gemm(a_im, both)
+            np.subtract(k1, t, out=o_re)
+            _gemm(a_re, np.subtract(b_im, b_re), out=t)
+            np.add(k1, t, out=o_im)
+
+    batch_tasks(task, nb, (2 * m * k + 2 * k * p + 3 * m * p) * a.itemsize,
+                target=DFT_TASK_BYTES)
     return out
 
 
