@@ -18,9 +18,20 @@ no JIT: the code stays NumPy.
 * glibc only: ``mallopt`` keeps freed memory in the process (no trimming, big blocks from
   the heap rather than fresh mmaps), so the big temporaries of every step reuse pages that
   are already mapped instead of faulting new ones in (``keep_freed_memory``).
-* BLAS threads are pinned through OpenBLAS's ``*_set_num_threads`` (found with ctypes, as
+* BLAS never threads inside a backend op: every GEMM of the backend -- the convolution
+  plans' (im2col and ``dft``) and the fully connected layers' (``matmul``) -- runs in batch
+  tasks with BLAS pinned to one thread. Not only because one task per core beats BLAS's
+  own team on these shapes: OpenBLAS's idle workers busy-wait about 0.1 s after every
+  threaded call (measured: 52 ms of CPU during a 50 ms sleep right after a 2-thread sgemm,
+  0.1 ms half a second later; ``openblas_set_num_threads(1)`` does not put them back to sleep),
+  so one threaded GEMM per layer kept a core spinning through the pooling and activations
+  that followed it. Pinned through OpenBLAS's ``*_set_num_threads`` (found with ctypes, as
   threadpoolctl does); with another BLAS the tasks run one after the other and BLAS keeps
   its own threading. The pinning is process-wide while an op runs.
+* ``batch_tasks`` hands its slices out from a shared counter: the calling thread and
+  ``t - 1`` pool workers each take the next slice until none is left (one hand-off per
+  worker per op, not per slice). Workers run in a copy of the caller's context, so
+  ``np.errstate`` set by the caller holds inside the tasks.
 * ``scratch`` hands out per-thread reusable buffers for big temporaries: a fresh large
   ``np.empty`` is a new mmap whose pages fault in on first touch, every call; a reused
   buffer is already mapped. Scratch memory is never returned to callers.
@@ -53,9 +64,10 @@ _override = None
 
 
 def set_threads(n):
-    """Use ``n`` threads (the project's pool; BLAS runs single-threaded inside the tasks
-    and with ``n`` threads outside them); ``None`` goes back to ``SCAE_NP_THREADS`` / the
-    CPU count."""
+    """Use ``n`` threads: the project's pool runs every backend op's tasks on ``n``
+    threads, BLAS runs single-threaded inside them (every GEMM of the backend is in a
+    task; see the module docstring) and with ``n`` threads for code outside the backend;
+    ``None`` goes back to ``SCAE_NP_THREADS`` / the CPU count."""
     global _override
     if n is not None and (int(n) != n or n < 1):
         raise ValueError(f"set_threads needs a positive whole number of threads, got {n!r}")

@@ -18,9 +18,10 @@ Versions, ladder order (see ``kernels/contract.py`` for the contract):
   ``bench/bench_conv2d.py`` times every version at the paper's shapes.
 * ``dft`` -- the convolution theorem with the 2-D DFT written as real matrices: every
   plane is transformed by one GEMM with a (2*bins, pixels) DFT matrix, the channel sums
-  become one pair of real GEMMs per frequency bin, and one more GEMM transforms back.
+  become three real GEMMs per frequency bin (a complex product by Gauss's trick), and one
+  more GEMM transforms back; every stage runs in batch tasks on all cores.
   The transforms are circular, and with the transform size = the input plane no output
-  wraps around. At the paper's conv2 (100->150 5x5 on 12x12) it needs 2.5x fewer
+  wraps around. At the paper's conv2 (100->150 5x5 on 12x12) it needs 2.9x fewer
   multiply-adds than the im2col GEMM (see ``_dft_plan``); a NaN or Inf spreads over the
   whole image (every output mixes every pixel), so ``fast`` checks the result and falls
   back to its GEMM plans for non-finite data, where they stay local.
@@ -392,13 +393,14 @@ def conv2d_backward_bias_fast(dy):
 #   input     dx = dy * w  (convolution)   DX = sum_f DY_f W_fc
 #   weight    dw = x (*) dy                DW = sum_n X_nc conj(DY_nf)
 #
-# Spectra are stored (NB, 2, rows, channels) -- bin, re/im, batch, channel -- so a bin's
-# real and imaginary parts stacked, [A_re; A_im], are one (2*rows, channels) matrix and
-# each complex product is two real GEMMs (the four real products, re/im recombined by one
-# add and one subtract). Cost in multiply-adds (``_dft_plan``): 2*NB*(N*C*HW + F*C*KK +
-# N*F*OHOW) for the transforms + 4*NB*N*C*F for the products, against N*F*C*OHOW*KK for the
-# direct GEMM. The big GEMMs run on BLAS's own threads (``set_threads``); no cross-call
-# state, and every sum has a fixed order, so results do not depend on the thread count.
+# Spectra are stored (NB, 2, rows, channels) -- bin, re/im, batch, channel. Each bin's
+# complex matrix product is three real GEMMs, not four (Gauss's trick, ``_products``).
+# Cost in multiply-adds (``_dft_plan``): 2*NB*(N*C*HW + F*C*KK + N*F*OHOW) for the
+# transforms + 3*NB*N*C*F for the products, against N*F*C*OHOW*KK for the direct GEMM.
+# Every stage is cut into batch tasks (rows of the transforms, bins of the products) on the
+# project's pool with BLAS on one thread (kernels/numpy_threads.py says why); the cut
+# depends on the shapes only, there is no cross-call state, and every sum has a fixed
+# order, so results do not depend on the thread count.
 
 @functools.lru_cache(maxsize=32)
 def _dft_matrices(h, w, dtype):
@@ -434,7 +436,7 @@ def _dft_plan(n, c, f, h, w, kh, kw):
     nb = h * (w // 2 + 1)
     oh, ow = h - kh + 1, w - kw + 1
     transforms = 2 * nb * (n * c * h * w + f * c * kh * kw + n * f * oh * ow)
-    return 2 * (transforms + 4 * nb * n * c * f) <= n * f * c * oh * ow * kh * kw
+    return 2 * (transforms + 3 * nb * n * c * f) <= n * f * c * oh * ow * kh * kw
 
 
 def _try_dft(fn, *args):
