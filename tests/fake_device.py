@@ -114,6 +114,10 @@ class FakeDevice:
     def synchronize(self):
         pass
 
+    def matmul(self, a, b):
+        """The backend's GEMM (the fully connected layers'), on the pretend device."""
+        return on_device(self.inner.matmul(_host(a), _host(b)))
+
     def __getattr__(self, name):
         v = getattr(self.inner, name)
         if name in OPS:
