@@ -149,19 +149,28 @@ def test_blas_never_threads_inside_the_backend(monkeypatch):
 
 def test_tasks_see_the_callers_errstate():
     """np.errstate is a context variable: the pool's workers run in a copy of the caller's
-    context, so an error state set around an op holds inside its tasks."""
+    context, so an error state set around an op holds inside its tasks -- on the worker
+    threads too, not only in the slices the caller runs itself."""
+    import threading
+    import time
     z = np.zeros(64 * 1024, np.float32)
 
     def task(lo, hi):
-        return np.float32(1) / z[lo:hi]
+        time.sleep(0.001)                        # long enough for both threads to take slices
+        return threading.get_ident(), np.geterr()["divide"], np.float32(1) / z[lo:hi]
 
     with numpy_threads.using_threads(2):
-        with np.errstate(divide="raise"):
-            with pytest.raises(FloatingPointError):
-                numpy_threads.batch_tasks(task, len(z), 1024, target=4096, blas=False)
-        with np.errstate(divide="ignore"):
-            parts = numpy_threads.batch_tasks(task, len(z), 1024, target=4096, blas=False)
-    assert len(parts) >= numpy_threads.MIN_TASKS and all(np.isinf(p).all() for p in parts)
+        for state in ("raise", "ignore"):
+            with np.errstate(divide=state):
+                if state == "raise":
+                    with pytest.raises(FloatingPointError):
+                        numpy_threads.batch_tasks(task, len(z), 1024, target=1 << 20, blas=False)
+                    continue
+                parts = numpy_threads.batch_tasks(task, len(z), 1024, target=1 << 20, blas=False)
+    assert len(parts) >= numpy_threads.MIN_TASKS
+    assert len({ident for ident, _, _ in parts}) == 2            # a worker ran some slices
+    assert {seen for _, seen, _ in parts} == {"ignore"}
+    assert all(np.isinf(q).all() for _, _, q in parts)
 
 
 def test_a_failing_task_stops_the_rest_and_is_raised_after_all_threads_stop():
